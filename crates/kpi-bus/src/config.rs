@@ -1,0 +1,34 @@
+//! Limits and retention of the bus, shared by both implementations.
+
+use std::time::Duration;
+
+/// How the streams are laid out. Every service of one deployment must use the
+/// same `partitions`; the rest only matters to whoever creates the streams.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// Aggregator partitions; an event's subject carries its partition.
+    pub partitions: u32,
+    /// A repeated `event_id` inside this window counts once.
+    pub duplicate_window: Duration,
+    /// How long events are kept (they are replayed after a crash from the last checkpoint).
+    pub events_max_age: Duration,
+    /// Updates kept per topic for resume (`since`) and catch-up.
+    pub updates_per_topic: i64,
+    /// Closed buckets kept per topic for `/history`.
+    pub history_per_topic: i64,
+    /// JetStream replicas for every stream (1 on a laptop, 3 on a cluster).
+    pub replicas: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            partitions: 4,
+            duplicate_window: Duration::from_secs(600),
+            events_max_age: Duration::from_secs(7 * 24 * 3600),
+            updates_per_topic: 256,
+            history_per_topic: 1500,
+            replicas: 1,
+        }
+    }
+}

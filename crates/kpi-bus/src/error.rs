@@ -1,0 +1,18 @@
+//! Errors of bus operations.
+
+/// Why a bus operation failed. `Unavailable` is worth retrying; the others are not.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("bus setup failed: {0}")]
+    Setup(String),
+    #[error("bus is closed")]
+    Closed,
+}
+
+impl BusError {
+    pub(crate) fn unavailable(e: impl std::fmt::Display) -> Self {
+        BusError::Unavailable(e.to_string())
+    }
+}

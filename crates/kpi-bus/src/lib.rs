@@ -1,0 +1,217 @@
+//! The bus between services: durable events, per-topic updates with history, checkpoints, live subscriptions.
+//!
+//! Two implementations share one API and one conformance suite
+//! (`tests/conformance.rs`): [`nats`] over NATS JetStream for real
+//! deployments, and [`memory`] for `kpi-stack` on a laptop and for fast tests.
+//! `Bus` is an enum rather than a trait object so async methods stay plain.
+
+pub mod config;
+pub mod error;
+pub mod memory;
+pub mod nats;
+
+use bytes::Bytes;
+use kpi_core::{EventRecord, Topic};
+
+pub use config::BusConfig;
+pub use error::BusError;
+
+/// Where an acknowledged event landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Position in the event log (JetStream stream sequence).
+    pub seq: u64,
+    /// The same `event_id` was stored before, inside the duplicate window; nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// An event read back from the log, in log order.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Position in the event log; feeds resume from a position + 1.
+    pub seq: u64,
+    /// Events of this partition still behind this one when it was delivered;
+    /// 0 means the reader has caught up with the log.
+    pub pending: u64,
+    /// The event, or why its payload could not be decoded (counted, skipped).
+    pub record: Result<EventRecord, String>,
+}
+
+/// A live item on an update subscription.
+#[derive(Debug, Clone)]
+pub enum Live {
+    Message(Bytes),
+    /// The bus dropped messages for this subscriber (it fell behind): the
+    /// receiver must refetch the latest value rather than trust continuity.
+    Gap,
+}
+
+#[derive(Clone)]
+pub enum Bus {
+    Memory(memory::MemoryBus),
+    Nats(nats::NatsBus),
+}
+
+impl Bus {
+    /// An in-process bus with the given limits.
+    pub fn memory(config: BusConfig) -> Bus {
+        Bus::Memory(memory::MemoryBus::new(config))
+    }
+
+    /// Connects to NATS and makes sure every stream exists with `config`.
+    pub async fn connect_nats(url: &str, config: BusConfig) -> Result<Bus, BusError> {
+        Ok(Bus::Nats(nats::NatsBus::connect(url, config).await?))
+    }
+
+    pub fn config(&self) -> &BusConfig {
+        match self {
+            Bus::Memory(b) => b.config(),
+            Bus::Nats(b) => b.config(),
+        }
+    }
+
+    /// For `/readyz`: is the connection up right now.
+    pub fn is_connected(&self) -> bool {
+        match self {
+            Bus::Memory(_) => true,
+            Bus::Nats(b) => b.is_connected(),
+        }
+    }
+
+    /// Stores an event durably; returns once it is acknowledged. A repeated
+    /// `event_id` within the duplicate window is reported, not stored again.
+    pub async fn append_event(&self, ev: &EventRecord) -> Result<Appended, BusError> {
+        match self {
+            Bus::Memory(b) => b.append_event(ev).await,
+            Bus::Nats(b) => b.append_event(ev).await,
+        }
+    }
+
+    /// Reads one partition's events in log order, starting at `from_seq`
+    /// (1 = the beginning), and keeps following the log.
+    pub async fn event_feed(&self, partition: u32, from_seq: u64) -> Result<EventFeed, BusError> {
+        match self {
+            Bus::Memory(b) => b.event_feed(partition, from_seq).await,
+            Bus::Nats(b) => b.event_feed(partition, from_seq).await,
+        }
+    }
+
+    /// Publishes an update to the topic's live subscribers and stores it in
+    /// the topic's bounded history; returns once stored.
+    pub async fn publish_update(&self, topic: &Topic, payload: Bytes) -> Result<(), BusError> {
+        match self {
+            Bus::Memory(b) => b.publish_update(topic, payload).await,
+            Bus::Nats(b) => b.publish_update(topic, payload).await,
+        }
+    }
+
+    /// Stores a closed bucket in the topic's history of closed buckets.
+    pub async fn publish_history(&self, topic: &Topic, payload: Bytes) -> Result<(), BusError> {
+        match self {
+            Bus::Memory(b) => b.publish_history(topic, payload).await,
+            Bus::Nats(b) => b.publish_history(topic, payload).await,
+        }
+    }
+
+    /// Replaces the checkpoint of a partition.
+    pub async fn save_checkpoint(&self, partition: u32, payload: Bytes) -> Result<(), BusError> {
+        match self {
+            Bus::Memory(b) => b.save_checkpoint(partition, payload).await,
+            Bus::Nats(b) => b.save_checkpoint(partition, payload).await,
+        }
+    }
+
+    pub async fn load_checkpoint(&self, partition: u32) -> Result<Option<Bytes>, BusError> {
+        match self {
+            Bus::Memory(b) => b.load_checkpoint(partition).await,
+            Bus::Nats(b) => b.load_checkpoint(partition).await,
+        }
+    }
+
+    /// Subscribes to a topic's live updates; dropping the subscription unsubscribes.
+    pub async fn subscribe_updates(&self, topic: &Topic) -> Result<UpdateSubscription, BusError> {
+        match self {
+            Bus::Memory(b) => b.subscribe_updates(topic).await,
+            Bus::Nats(b) => b.subscribe_updates(topic).await,
+        }
+    }
+
+    /// The latest stored update of a topic, if any.
+    pub async fn last_update(&self, topic: &Topic) -> Result<Option<Bytes>, BusError> {
+        match self {
+            Bus::Memory(b) => b.last_update(topic).await,
+            Bus::Nats(b) => b.last_update(topic).await,
+        }
+    }
+
+    /// Up to `max` of the topic's most recent stored updates, oldest first.
+    pub async fn recent_updates(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>, BusError> {
+        match self {
+            Bus::Memory(b) => b.recent_updates(topic, max).await,
+            Bus::Nats(b) => b.recent_updates(topic, max).await,
+        }
+    }
+
+    /// Up to `max` of the topic's most recent closed-bucket records, oldest first.
+    pub async fn history(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>, BusError> {
+        match self {
+            Bus::Memory(b) => b.history(topic, max).await,
+            Bus::Nats(b) => b.history(topic, max).await,
+        }
+    }
+
+    /// Sends a system message to every gateway (not stored).
+    pub async fn broadcast(&self, payload: Bytes) -> Result<(), BusError> {
+        match self {
+            Bus::Memory(b) => b.broadcast(payload).await,
+            Bus::Nats(b) => b.broadcast(payload).await,
+        }
+    }
+
+    pub async fn subscribe_broadcast(&self) -> Result<UpdateSubscription, BusError> {
+        match self {
+            Bus::Memory(b) => b.subscribe_broadcast().await,
+            Bus::Nats(b) => b.subscribe_broadcast().await,
+        }
+    }
+}
+
+/// A partition's events in log order.
+pub struct EventFeed {
+    inner: FeedInner,
+}
+
+enum FeedInner {
+    Memory(memory::MemoryFeed),
+    Nats(nats::NatsFeed),
+}
+
+impl EventFeed {
+    /// The next event; waits for one. `None` only when the bus is gone.
+    pub async fn next(&mut self) -> Option<Result<StoredEvent, BusError>> {
+        match &mut self.inner {
+            FeedInner::Memory(f) => f.next().await,
+            FeedInner::Nats(f) => f.next().await,
+        }
+    }
+}
+
+/// Live updates of one topic (or broadcasts). Dropping it unsubscribes.
+pub struct UpdateSubscription {
+    inner: SubInner,
+}
+
+enum SubInner {
+    Memory(memory::MemorySubscription),
+    Nats(nats::NatsSubscription),
+}
+
+impl UpdateSubscription {
+    /// The next message; `None` when the bus closed the subscription.
+    pub async fn next(&mut self) -> Option<Live> {
+        match &mut self.inner {
+            SubInner::Memory(s) => s.next().await,
+            SubInner::Nats(s) => s.next().await,
+        }
+    }
+}

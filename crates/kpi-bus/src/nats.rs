@@ -1,0 +1,312 @@
+//! The NATS JetStream bus: streams for events, updates, closed buckets and checkpoints.
+//!
+//! Only features present in nats-server 2.9 are used (Debian ships 2.9.10):
+//! streams are created directly rather than through the KV helpers, and
+//! "latest per subject" is read with the stream's message-get API.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use kpi_core::subject::{
+    checkpoint_subject, event_subject, partition_filter, BROADCAST_SUBJECT, CHECKPOINT_WILDCARD,
+    EVENTS_WILDCARD, HISTORY_WILDCARD, UPDATES_WILDCARD,
+};
+use kpi_core::{partition_of, EventRecord, Topic};
+
+use crate::{
+    Appended, BusConfig, BusError, EventFeed, FeedInner, Live, StoredEvent, SubInner,
+    UpdateSubscription,
+};
+
+pub const EVENTS_STREAM: &str = "KPI_EVENTS";
+pub const UPDATES_STREAM: &str = "KPI_UPDATES";
+pub const HISTORY_STREAM: &str = "KPI_HISTORY";
+pub const CHECKPOINT_STREAM: &str = "KPI_CHECKPOINTS";
+
+/// Reading back a topic's stored messages never takes longer than this.
+const READBACK_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Clone)]
+pub struct NatsBus {
+    config: BusConfig,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    events: stream::Stream,
+    updates: stream::Stream,
+    history: stream::Stream,
+    checkpoints: stream::Stream,
+}
+
+impl NatsBus {
+    pub async fn connect(url: &str, config: BusConfig) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("kpistream")
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| BusError::Unavailable(format!("connecting to {url}: {e}")))?;
+        let js = jetstream::new(client.clone());
+        let base = |name: &str, subject: &str| stream::Config {
+            name: name.to_string(),
+            subjects: vec![subject.to_string()],
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas.max(1),
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        };
+        let events = ensure_stream(
+            &js,
+            stream::Config {
+                duplicate_window: config.duplicate_window,
+                max_age: config.events_max_age,
+                ..base(EVENTS_STREAM, EVENTS_WILDCARD)
+            },
+        )
+        .await?;
+        let updates = ensure_stream(
+            &js,
+            stream::Config {
+                max_messages_per_subject: config.updates_per_topic.max(1),
+                ..base(UPDATES_STREAM, UPDATES_WILDCARD)
+            },
+        )
+        .await?;
+        let history = ensure_stream(
+            &js,
+            stream::Config {
+                max_messages_per_subject: config.history_per_topic.max(1),
+                ..base(HISTORY_STREAM, HISTORY_WILDCARD)
+            },
+        )
+        .await?;
+        let checkpoints = ensure_stream(
+            &js,
+            stream::Config {
+                max_messages_per_subject: 1,
+                ..base(CHECKPOINT_STREAM, CHECKPOINT_WILDCARD)
+            },
+        )
+        .await?;
+        Ok(NatsBus { config, client, js, events, updates, history, checkpoints })
+    }
+
+    pub fn config(&self) -> &BusConfig {
+        &self.config
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    pub(crate) async fn append_event(&self, ev: &EventRecord) -> Result<Appended, BusError> {
+        let subject = event_subject(partition_of(&ev.kpi, self.config.partitions), &ev.kpi);
+        let mut headers = async_nats::HeaderMap::new();
+        // JetStream drops a second message with the same id inside the
+        // stream's duplicate window: this is what makes a retry count once.
+        headers.insert("Nats-Msg-Id", ev.event_id.as_str());
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, Bytes::from(ev.to_json()))
+            .await
+            .map_err(BusError::unavailable)?
+            .await
+            .map_err(BusError::unavailable)?;
+        Ok(Appended { seq: ack.sequence, duplicate: ack.duplicate })
+    }
+
+    pub(crate) async fn event_feed(&self, partition: u32, from_seq: u64) -> Result<EventFeed, BusError> {
+        let consumer = self
+            .events
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: partition_filter(partition),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from_seq.max(1),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(BusError::unavailable)?;
+        let messages = consumer.messages().await.map_err(BusError::unavailable)?;
+        Ok(EventFeed {
+            inner: FeedInner::Nats(NatsFeed { messages }),
+        })
+    }
+
+    pub(crate) async fn publish_update(&self, topic: &Topic, payload: Bytes) -> Result<(), BusError> {
+        // A JetStream publish is also an ordinary publish: the gateways'
+        // plain subscriptions on this subject receive it as it is stored.
+        self.js
+            .publish(topic.updates_subject(), payload)
+            .await
+            .map_err(BusError::unavailable)?
+            .await
+            .map_err(BusError::unavailable)?;
+        Ok(())
+    }
+
+    pub(crate) async fn publish_history(&self, topic: &Topic, payload: Bytes) -> Result<(), BusError> {
+        self.js
+            .publish(topic.history_subject(), payload)
+            .await
+            .map_err(BusError::unavailable)?
+            .await
+            .map_err(BusError::unavailable)?;
+        Ok(())
+    }
+
+    pub(crate) async fn save_checkpoint(&self, partition: u32, payload: Bytes) -> Result<(), BusError> {
+        self.js
+            .publish(checkpoint_subject(partition), payload)
+            .await
+            .map_err(BusError::unavailable)?
+            .await
+            .map_err(BusError::unavailable)?;
+        Ok(())
+    }
+
+    pub(crate) async fn load_checkpoint(&self, partition: u32) -> Result<Option<Bytes>, BusError> {
+        last_of(&self.checkpoints, &checkpoint_subject(partition))
+            .await
+            .map(|m| m.map(|(_, p)| p))
+    }
+
+    pub(crate) async fn subscribe_updates(&self, topic: &Topic) -> Result<UpdateSubscription, BusError> {
+        let sub = self
+            .client
+            .subscribe(topic.updates_subject())
+            .await
+            .map_err(BusError::unavailable)?;
+        Ok(UpdateSubscription {
+            inner: SubInner::Nats(NatsSubscription { sub }),
+        })
+    }
+
+    pub(crate) async fn last_update(&self, topic: &Topic) -> Result<Option<Bytes>, BusError> {
+        last_of(&self.updates, &topic.updates_subject())
+            .await
+            .map(|m| m.map(|(_, p)| p))
+    }
+
+    pub(crate) async fn recent_updates(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>, BusError> {
+        read_subject(&self.updates, &topic.updates_subject(), max).await
+    }
+
+    pub(crate) async fn history(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>, BusError> {
+        read_subject(&self.history, &topic.history_subject(), max).await
+    }
+
+    pub(crate) async fn broadcast(&self, payload: Bytes) -> Result<(), BusError> {
+        self.client
+            .publish(BROADCAST_SUBJECT, payload)
+            .await
+            .map_err(BusError::unavailable)?;
+        self.client.flush().await.map_err(BusError::unavailable)
+    }
+
+    pub(crate) async fn subscribe_broadcast(&self) -> Result<UpdateSubscription, BusError> {
+        let sub = self
+            .client
+            .subscribe(BROADCAST_SUBJECT)
+            .await
+            .map_err(BusError::unavailable)?;
+        Ok(UpdateSubscription {
+            inner: SubInner::Nats(NatsSubscription { sub }),
+        })
+    }
+}
+
+/// Gets a stream, creating it when missing. An existing stream is kept as it
+/// is (operators may have tuned it); a missing one gets `config`.
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, BusError> {
+    let name = config.name.clone();
+    match js.get_stream(&name).await {
+        Ok(s) => Ok(s),
+        Err(_) => js
+            .create_stream(config)
+            .await
+            .map_err(|e| BusError::Setup(format!("creating stream {name}: {e}"))),
+    }
+}
+
+/// The last message on `subject` in `stream`: (stream sequence, payload).
+async fn last_of(s: &stream::Stream, subject: &str) -> Result<Option<(u64, Bytes)>, BusError> {
+    match s.get_last_raw_message_by_subject(subject).await {
+        Ok(m) => Ok(Some((m.sequence, m.payload))),
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(BusError::unavailable(e)),
+    }
+}
+
+/// Up to `max` newest messages of one subject, oldest first. The streams keep
+/// a bounded number per subject, so reading them all is bounded too.
+async fn read_subject(s: &stream::Stream, subject: &str, max: usize) -> Result<Vec<Bytes>, BusError> {
+    let Some((last_seq, _)) = last_of(s, subject).await? else {
+        return Ok(Vec::new());
+    };
+    let consumer = s
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_string(),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(BusError::unavailable)?;
+    let mut messages = consumer.messages().await.map_err(BusError::unavailable)?;
+    let mut out = std::collections::VecDeque::new();
+    let read = async {
+        while let Some(m) = messages.next().await {
+            let m = m.map_err(BusError::unavailable)?;
+            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(last_seq);
+            out.push_back(m.payload.clone());
+            if out.len() > max {
+                out.pop_front();
+            }
+            if seq >= last_seq {
+                break;
+            }
+        }
+        Ok::<(), BusError>(())
+    };
+    tokio::time::timeout(READBACK_TIMEOUT, read)
+        .await
+        .map_err(|_| BusError::Unavailable(format!("reading {subject} timed out")))??;
+    Ok(out.into())
+}
+
+pub struct NatsFeed {
+    messages: consumer::pull::Ordered,
+}
+
+impl NatsFeed {
+    pub(crate) async fn next(&mut self) -> Option<Result<StoredEvent, BusError>> {
+        let m = match self.messages.next().await? {
+            Ok(m) => m,
+            Err(e) => return Some(Err(BusError::unavailable(e))),
+        };
+        let info = match m.info() {
+            Ok(i) => (i.stream_sequence, i.pending),
+            Err(e) => return Some(Err(BusError::unavailable(e))),
+        };
+        Some(Ok(StoredEvent {
+            seq: info.0,
+            pending: info.1,
+            record: EventRecord::from_json(&m.payload).map_err(|e| e.to_string()),
+        }))
+    }
+}
+
+pub struct NatsSubscription {
+    sub: async_nats::Subscriber,
+}
+
+impl NatsSubscription {
+    pub(crate) async fn next(&mut self) -> Option<Live> {
+        self.sub.next().await.map(|m| Live::Message(m.payload))
+    }
+}

@@ -1,0 +1,22 @@
+//! kpistream's shared vocabulary: names, periods, buckets, aggregates and wire messages, with no network.
+//!
+//! Every service depends on this crate and on nothing of each other's, so a
+//! type that crosses a process boundary (a bus payload, a JSON message a
+//! client sees, a subject name) is defined here exactly once.
+
+pub mod code;
+pub mod event;
+pub mod message;
+pub mod partition;
+pub mod period;
+pub mod stats;
+pub mod subject;
+pub mod time;
+
+pub use code::{CodeError, KpiCode};
+pub use event::{EventError, EventRecord};
+pub use message::{ClientMessage, ErrorMessage, StatsView, UpdateKind, UpdateMessage};
+pub use partition::partition_of;
+pub use period::{Period, PeriodError};
+pub use stats::Stats;
+pub use subject::Topic;

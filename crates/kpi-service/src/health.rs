@@ -1,0 +1,59 @@
+//! `/healthz`, `/readyz` and `/metrics`, the routes every service serves.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+
+/// What `/readyz` reports. A service marks itself ready once its bus is
+/// connected and its listeners are up, and unready first thing when draining,
+/// so a balancer stops sending new clients before existing ones are closed.
+#[derive(Clone)]
+pub struct Readiness {
+    serving: Arc<AtomicBool>,
+    check: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+}
+
+impl Readiness {
+    /// `check` is asked on every probe (e.g. "is the NATS connection up").
+    pub fn new(check: impl Fn() -> Result<(), String> + Send + Sync + 'static) -> Self {
+        Readiness {
+            serving: Arc::new(AtomicBool::new(false)),
+            check: Arc::new(check),
+        }
+    }
+
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::SeqCst);
+    }
+
+    pub fn status(&self) -> Result<(), String> {
+        if !self.serving.load(Ordering::SeqCst) {
+            return Err("not serving (starting or draining)".into());
+        }
+        (self.check)()
+    }
+}
+
+/// The three operational routes. Merge it into a service's router.
+pub fn ops_router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(readiness)
+}
+
+async fn readyz(State(r): State<Readiness>) -> (StatusCode, String) {
+    match r.status() {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+    }
+}
+
+async fn metrics() -> String {
+    crate::telemetry::prometheus().render()
+}
