@@ -1,0 +1,175 @@
+//! The aggregator's settings: command line and environment, validated before anything starts.
+
+use std::time::Duration;
+
+use kpi_core::Period;
+
+/// How late (by ingest receive time, after the bucket's end) an event may
+/// still change its bucket, per period.
+#[derive(Debug, Clone, Copy)]
+pub struct Lateness {
+    pub minute: Duration,
+    pub hour: Duration,
+    pub day: Duration,
+}
+
+impl Lateness {
+    pub fn for_period(&self, p: Period) -> Duration {
+        match p {
+            Period::Minute => self.minute,
+            Period::Hour => self.hour,
+            Period::Day => self.day,
+        }
+    }
+}
+
+impl Default for Lateness {
+    fn default() -> Self {
+        Lateness {
+            minute: Duration::from_secs(120),
+            hour: Duration::from_secs(600),
+            day: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What [`crate::run`] needs; `kpi-stack` builds one directly.
+#[derive(Debug, Clone)]
+pub struct AggregatorSettings {
+    /// Partitions in the deployment (must match ingest's).
+    pub partitions: u32,
+    /// This replica owns the partitions `p` with `p % replica_count == replica_index`.
+    pub replica_index: u32,
+    pub replica_count: u32,
+    /// Updates of one KPI and period are published at most once per interval; zero publishes after every event.
+    pub coalesce: Duration,
+    pub checkpoint_interval: Duration,
+    pub lateness: Lateness,
+}
+
+impl Default for AggregatorSettings {
+    fn default() -> Self {
+        AggregatorSettings {
+            partitions: 4,
+            replica_index: 0,
+            replica_count: 1,
+            coalesce: Duration::from_millis(100),
+            checkpoint_interval: Duration::from_secs(1),
+            lateness: Lateness::default(),
+        }
+    }
+}
+
+impl AggregatorSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.partitions == 0 || self.partitions > 1024 {
+            return Err("partitions must be between 1 and 1024".into());
+        }
+        if self.replica_count == 0 || self.replica_index >= self.replica_count {
+            return Err(format!(
+                "replica index {} is not below replica count {}",
+                self.replica_index, self.replica_count
+            ));
+        }
+        if self.replica_count > self.partitions {
+            return Err("more replicas than partitions: some would own nothing".into());
+        }
+        if self.checkpoint_interval.is_zero() {
+            return Err("checkpoint interval must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The partitions this replica owns.
+    pub fn owned_partitions(&self) -> Vec<u32> {
+        (0..self.partitions)
+            .filter(|p| p % self.replica_count == self.replica_index)
+            .collect()
+    }
+}
+
+/// Command line of the `kpi-aggregator` binary.
+#[derive(Debug, clap::Parser)]
+#[command(name = "kpi-aggregator", version, about = "kpistream aggregator")]
+pub struct Cli {
+    /// HTTP address for /metrics, /healthz, /readyz.
+    #[arg(long, env = "KPI_LISTEN", default_value = "0.0.0.0:9102")]
+    pub listen: std::net::SocketAddr,
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: String,
+    #[arg(long, env = "KPI_PARTITIONS", default_value_t = 4)]
+    pub partitions: u32,
+    /// This replica's index (a StatefulSet ordinal); `pod-name-3` style values are accepted.
+    #[arg(long, env = "KPI_REPLICA_INDEX", default_value = "0")]
+    pub replica_index: String,
+    #[arg(long, env = "KPI_REPLICA_COUNT", default_value_t = 1)]
+    pub replica_count: u32,
+    /// Coalescing interval in milliseconds (0 = publish after every event).
+    #[arg(long, env = "KPI_COALESCE_MS", default_value_t = 100)]
+    pub coalesce_ms: u64,
+    #[arg(long, env = "KPI_CHECKPOINT_MS", default_value_t = 1000)]
+    pub checkpoint_ms: u64,
+    #[arg(long, env = "KPI_LATENESS_MINUTE_SECS", default_value_t = 120)]
+    pub lateness_minute_secs: u64,
+    #[arg(long, env = "KPI_LATENESS_HOUR_SECS", default_value_t = 600)]
+    pub lateness_hour_secs: u64,
+    #[arg(long, env = "KPI_LATENESS_DAY_SECS", default_value_t = 3600)]
+    pub lateness_day_secs: u64,
+    /// JetStream replicas for the streams this service creates.
+    #[arg(long, env = "KPI_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+    /// Seconds to finish in-flight work after SIGTERM.
+    #[arg(long, env = "KPI_DRAIN_SECS", default_value_t = 10)]
+    pub drain_secs: u64,
+}
+
+impl Cli {
+    pub fn settings(&self) -> Result<AggregatorSettings, String> {
+        let s = AggregatorSettings {
+            partitions: self.partitions,
+            replica_index: parse_ordinal(&self.replica_index)?,
+            replica_count: self.replica_count,
+            coalesce: Duration::from_millis(self.coalesce_ms),
+            checkpoint_interval: Duration::from_millis(self.checkpoint_ms),
+            lateness: Lateness {
+                minute: Duration::from_secs(self.lateness_minute_secs),
+                hour: Duration::from_secs(self.lateness_hour_secs),
+                day: Duration::from_secs(self.lateness_day_secs),
+            },
+        };
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+/// `3` or `kpi-aggregator-3` (a StatefulSet pod name) -> 3.
+pub fn parse_ordinal(raw: &str) -> Result<u32, String> {
+    let digits = raw.rsplit('-').next().unwrap_or(raw);
+    digits
+        .parse()
+        .map_err(|_| format!("replica index {raw:?} is neither a number nor ends in -<number>"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinals_from_pod_names() {
+        assert_eq!(parse_ordinal("2"), Ok(2));
+        assert_eq!(parse_ordinal("kpi-aggregator-7"), Ok(7));
+        assert!(parse_ordinal("kpi-aggregator").is_err());
+    }
+
+    #[test]
+    fn replicas_own_disjoint_covering_partitions() {
+        let mut seen = vec![];
+        for i in 0..3 {
+            let s = AggregatorSettings { partitions: 8, replica_index: i, replica_count: 3, ..Default::default() };
+            seen.extend(s.owned_partitions());
+        }
+        seen.sort();
+        assert_eq!(seen, (0..8).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,16 @@
+//! The aggregator: turns each partition's event log into per-bucket aggregates and coalesced updates.
+//!
+//! One [`worker`] per owned partition reads that partition's events in log
+//! order, applies them to a [`state::PartitionState`], publishes what changed
+//! every coalescing interval and checkpoints the state together with the log
+//! position it covers. Restarting loads the checkpoint and replays only what
+//! follows, so no acknowledged event is lost or counted twice.
+
+pub mod config;
+pub mod metrics;
+pub mod server;
+pub mod state;
+pub mod worker;
+
+pub use config::{AggregatorSettings, Lateness};
+pub use server::{run, AggregatorError};

@@ -1,0 +1,12 @@
+//! Every metric the aggregator emits, named once.
+
+pub const EVENTS_APPLIED: &str = "kpi_aggregator_events_applied_total";
+/// Per period: an event can be late for `minute` and still count for `day`.
+pub const EVENTS_LATE: &str = "kpi_aggregator_events_late_total";
+pub const EVENTS_UNDECODABLE: &str = "kpi_aggregator_events_undecodable_total";
+pub const UPDATES_PUBLISHED: &str = "kpi_aggregator_updates_published_total";
+pub const PUBLISH_FAILURES: &str = "kpi_aggregator_publish_failures_total";
+pub const PUBLISH_SECONDS: &str = "kpi_aggregator_publish_seconds";
+pub const CHECKPOINT_AGE: &str = "kpi_aggregator_checkpoint_age_seconds";
+pub const CONSUMER_PENDING: &str = "kpi_aggregator_consumer_pending";
+pub const APPLIED_SEQ: &str = "kpi_aggregator_applied_sequence";

@@ -1,0 +1,71 @@
+//! Starts a worker per owned partition and the HTTP ops endpoint; drains on shutdown.
+
+use std::time::Duration;
+
+use kpi_bus::Bus;
+use kpi_service::{ops_router, Readiness, Shutdown};
+use tokio::net::TcpListener;
+
+use crate::config::AggregatorSettings;
+use crate::worker::Worker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AggregatorError {
+    #[error("invalid settings: {0}")]
+    Settings(String),
+    #[error(transparent)]
+    Bus(#[from] kpi_bus::BusError),
+    #[error("HTTP server failed: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Runs the aggregator until `shutdown` fires, then finishes publishing and
+/// checkpoints every partition before returning. `http` serves /metrics,
+/// /healthz and /readyz (pass `None` when embedded in kpi-stack, whose gateway
+/// serves them).
+pub async fn run(
+    http: Option<TcpListener>,
+    bus: Bus,
+    settings: AggregatorSettings,
+    shutdown: Shutdown,
+) -> Result<(), AggregatorError> {
+    settings.validate().map_err(AggregatorError::Settings)?;
+    let bus_for_ready = bus.clone();
+    let readiness = Readiness::new(move || {
+        if bus_for_ready.is_connected() {
+            Ok(())
+        } else {
+            Err("NATS disconnected".into())
+        }
+    });
+    let mut workers = Vec::new();
+    for partition in settings.owned_partitions() {
+        let worker = Worker::load(partition, bus.clone(), settings.clone()).await?;
+        workers.push(tokio::spawn(worker.run(shutdown.clone())));
+    }
+    readiness.set_serving(true);
+    tracing::info!(partitions = ?settings.owned_partitions(), "aggregator running");
+
+    let http_task = http.map(|listener| {
+        let router = ops_router(readiness.clone());
+        let sd = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { sd.recv().await })
+                .await
+        })
+    });
+
+    shutdown.recv().await;
+    readiness.set_serving(false);
+    for w in workers {
+        if let Err(e) = w.await {
+            tracing::error!(error = %e, "partition worker panicked");
+        }
+    }
+    if let Some(t) = http_task {
+        // The ops endpoint has nothing in flight worth waiting long for.
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,357 @@
+//! A partition's aggregates and the messages they produce; pure data, no I/O, so it can be tested exhaustively.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use kpi_core::message::BucketView;
+use kpi_core::period::secs_to_time;
+use kpi_core::{EventRecord, Period, Stats, Topic, UpdateKind, UpdateMessage};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Lateness;
+
+/// Buckets this much older than the lateness horizon are dropped from memory.
+/// The margin covers clock disagreement between ingest instances, whose
+/// receive stamps the watermark follows.
+const PRUNE_MARGIN_SECS: i64 = 300;
+
+/// Everything one partition knows, and the log position it covers.
+///
+/// The checkpoint is this struct serialized: state and position are saved
+/// together, which is what makes a restart neither skip nor repeat an event.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PartitionState {
+    /// Last event-log sequence applied (0 = none).
+    pub applied_seq: u64,
+    /// Greatest ingest receive time seen, in Unix seconds: the clock that
+    /// pruning follows, so replay after a crash prunes exactly as the first run did.
+    pub watermark: i64,
+    /// Keyed by "code/period" (JSON object keys must be strings).
+    topics: BTreeMap<String, TopicState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct TopicState {
+    code: kpi_core::KpiCode,
+    period: Period,
+    /// Bucket start (Unix seconds) -> aggregate.
+    buckets: BTreeMap<i64, Stats>,
+    /// Seq of the last message rendered for this topic.
+    seq: u64,
+    #[serde(with = "kpi_core::time::option")]
+    last_event_time: Option<DateTime<Utc>>,
+    /// Bucket of the last "current" message rendered.
+    shown: Option<i64>,
+    /// Changed since the last render. Persisted: a crash between checkpoint
+    /// and publish must still publish after restart.
+    dirty: bool,
+    /// Closed buckets changed by late events since the last render.
+    corrected: BTreeSet<i64>,
+}
+
+/// What one event did, per period.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub applied: u32,
+    pub late: u32,
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// To `kpi.updates.<code>.<period>`, live and stored.
+    Update(Topic, UpdateMessage),
+    /// A closed bucket's final value, to `kpi.history.<code>.<period>`.
+    History(Topic, UpdateMessage),
+}
+
+impl PartitionState {
+    /// Applies one event read from the log at `log_seq`. Events at or below
+    /// `applied_seq` were already applied (a replayed delivery) and are ignored.
+    pub fn apply(&mut self, log_seq: u64, ev: &EventRecord, lateness: &Lateness) -> Applied {
+        let mut out = Applied::default();
+        if log_seq <= self.applied_seq {
+            return out;
+        }
+        self.applied_seq = log_seq;
+        self.watermark = self.watermark.max(ev.received_at.timestamp());
+        for period in Period::ALL {
+            let start = period.bucket_start_secs(ev.time);
+            let deadline = period.bucket_end_secs(start) + lateness.for_period(period).as_secs() as i64;
+            if ev.received_at.timestamp() > deadline {
+                out.late += 1;
+                continue;
+            }
+            let ts = self
+                .topics
+                .entry(key(&ev.kpi, period))
+                .or_insert_with(|| TopicState::new(ev.kpi.clone(), period));
+            ts.buckets.entry(start).or_default().apply(ev.value, ev.time);
+            ts.last_event_time = Some(ev.time);
+            ts.dirty = true;
+            if ts.shown.is_some_and(|shown| start < shown) {
+                ts.corrected.insert(start);
+            }
+            out.applied += 1;
+        }
+        out
+    }
+
+    /// Topics that [`PartitionState::render`] would publish for at `now`.
+    pub fn due(&self, now: DateTime<Utc>) -> Vec<Topic> {
+        self.topics
+            .values()
+            .filter(|ts| ts.is_due(now))
+            .map(|ts| Topic::new(ts.code.clone(), ts.period))
+            .collect()
+    }
+
+    /// Raises a topic's seq to at least `seq` (the last one found on the bus
+    /// after a restart), so clients never see a seq go backwards.
+    pub fn bump_seq(&mut self, topic: &Topic, seq: u64) {
+        if let Some(ts) = self.topics.get_mut(&key(&topic.code, topic.period)) {
+            ts.seq = ts.seq.max(seq);
+        }
+    }
+
+    /// Renders every due topic's messages: corrections of closed buckets
+    /// first, then the current bucket, so the newest message of a topic is
+    /// always its current bucket (the one a snapshot shows).
+    pub fn render(&mut self, now: DateTime<Utc>) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for ts in self.topics.values_mut() {
+            if ts.is_due(now) {
+                ts.render(now, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Marks a topic to be rendered again (its publish failed).
+    pub fn mark_dirty(&mut self, topic: &Topic) {
+        if let Some(ts) = self.topics.get_mut(&key(&topic.code, topic.period)) {
+            ts.dirty = true;
+        }
+    }
+
+    /// Drops buckets no event can change any more, keeping the two newest of
+    /// each topic for `previous`.
+    pub fn prune(&mut self, lateness: &Lateness) {
+        for ts in self.topics.values_mut() {
+            let horizon = self.watermark
+                - lateness.for_period(ts.period).as_secs() as i64
+                - ts.period.seconds()
+                - PRUNE_MARGIN_SECS;
+            let keep_from = ts.buckets.keys().rev().nth(1).copied().unwrap_or(i64::MIN);
+            ts.buckets
+                .retain(|start, _| *start >= horizon || *start >= keep_from);
+        }
+    }
+
+    /// The aggregate of one bucket, for tests and audits.
+    pub fn stats(&self, topic: &Topic, bucket_start: i64) -> Option<Stats> {
+        self.topics
+            .get(&key(&topic.code, topic.period))
+            .and_then(|ts| ts.buckets.get(&bucket_start).copied())
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_json(raw: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(raw)
+    }
+}
+
+fn key(code: &kpi_core::KpiCode, period: Period) -> String {
+    format!("{code}/{period}")
+}
+
+impl TopicState {
+    fn new(code: kpi_core::KpiCode, period: Period) -> Self {
+        TopicState {
+            code,
+            period,
+            buckets: BTreeMap::new(),
+            seq: 0,
+            last_event_time: None,
+            shown: None,
+            dirty: false,
+            corrected: BTreeSet::new(),
+        }
+    }
+
+    /// The bucket a dashboard should show: the one holding `now`, or a later
+    /// one when events ran ahead of this clock.
+    fn current(&self, now: DateTime<Utc>) -> i64 {
+        let by_clock = self.period.bucket_start_secs(now);
+        self.buckets.keys().next_back().map_or(by_clock, |last| by_clock.max(*last))
+    }
+
+    fn is_due(&self, now: DateTime<Utc>) -> bool {
+        if self.dirty || !self.corrected.is_empty() {
+            return true;
+        }
+        // A bucket closed: publish the new (empty) bucket with the closed one
+        // as `previous`, once; a KPI that stays silent does not publish again.
+        let current = self.current(now);
+        match self.shown {
+            Some(shown) if shown != current => self.buckets.get(&shown).is_some_and(|s| !s.is_empty()),
+            _ => false,
+        }
+    }
+
+    fn previous_of(&self, start: i64) -> Option<BucketView> {
+        self.buckets
+            .range(..start)
+            .rev()
+            .find(|(_, s)| !s.is_empty())
+            .map(|(b, s)| BucketView { bucket_start: secs_to_time(*b), stats: s.view() })
+    }
+
+    fn message(&self, start: i64, now: DateTime<Utc>, correction: bool) -> UpdateMessage {
+        UpdateMessage {
+            kind: UpdateKind::Update,
+            kpi: self.code.clone(),
+            period: self.period,
+            seq: self.seq,
+            bucket_start: secs_to_time(start),
+            stats: self.buckets.get(&start).copied().unwrap_or_default().view(),
+            previous: self.previous_of(start),
+            event_time: self.last_event_time,
+            updated_at: now,
+            correction,
+        }
+    }
+
+    fn render(&mut self, now: DateTime<Utc>, out: &mut Vec<Outgoing>) {
+        let topic = Topic::new(self.code.clone(), self.period);
+        let current = self.current(now);
+        for start in std::mem::take(&mut self.corrected) {
+            if start >= current {
+                continue;
+            }
+            self.seq += 1;
+            let m = self.message(start, now, true);
+            out.push(Outgoing::History(topic.clone(), m.clone()));
+            out.push(Outgoing::Update(topic.clone(), m));
+        }
+        if let Some(shown) = self.shown.filter(|s| *s < current) {
+            // The bucket shown until now has closed: record its final value.
+            if self.buckets.get(&shown).is_some_and(|s| !s.is_empty()) {
+                out.push(Outgoing::History(topic.clone(), self.message(shown, now, false)));
+            }
+        }
+        self.seq += 1;
+        out.push(Outgoing::Update(topic, self.message(current, now, false)));
+        self.shown = Some(current);
+        self.dirty = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone};
+    use kpi_core::KpiCode;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + s, 0).single().expect("time")
+    }
+
+    fn ev(id: &str, value: f64, time: DateTime<Utc>, received: DateTime<Utc>) -> EventRecord {
+        EventRecord {
+            event_id: id.into(),
+            kpi: KpiCode::parse("k").expect("code"),
+            value,
+            time,
+            received_at: received,
+            labels: Default::default(),
+        }
+    }
+
+    fn minute() -> Topic {
+        Topic::new(KpiCode::parse("k").expect("code"), Period::Minute)
+    }
+
+    /// The minute updates among `out`.
+    fn updates(out: &[Outgoing]) -> Vec<&UpdateMessage> {
+        out.iter()
+            .filter_map(|o| match o {
+                Outgoing::Update(t, m) if t.period == Period::Minute => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replayed_log_positions_are_ignored() {
+        let mut st = PartitionState::default();
+        let l = Lateness::default();
+        st.apply(1, &ev("a", 1.0, t(0), t(0)), &l);
+        st.apply(1, &ev("a", 1.0, t(0), t(0)), &l);
+        let b = Period::Minute.bucket_start_secs(t(0));
+        assert_eq!(st.stats(&minute(), b).map(|s| s.count), Some(1));
+    }
+
+    #[test]
+    fn late_beyond_window_is_not_applied_but_within_is_a_correction() {
+        let mut st = PartitionState::default();
+        let l = Lateness { minute: std::time::Duration::from_secs(30), ..Default::default() };
+        let m0 = Period::Minute.bucket_start_secs(t(0));
+        let base = secs_to_time(m0);
+        st.apply(1, &ev("a", 1.0, base, base), &l);
+        st.render(base);
+        // Next minute starts; an event for the closed minute arrives 10 s after its end.
+        let next = base + Duration::seconds(70);
+        st.apply(2, &ev("b", 2.0, next, next), &l);
+        st.render(next);
+        let late_ok = ev("c", 5.0, base + Duration::seconds(1), next);
+        assert_eq!(st.apply(3, &late_ok, &l).late, 0);
+        let out = st.render(next);
+        let ups = updates(&out);
+        assert_eq!(ups.len(), 2);
+        assert!(ups[0].correction && ups[0].bucket_start == base && ups[0].stats.count == 2);
+        assert!(!ups[1].correction && ups[1].seq == ups[0].seq + 1);
+        // 31 s after the end of the minute: too late for it, fine for hour and day.
+        let too_late = ev("d", 9.0, base, base + Duration::seconds(91));
+        assert_eq!(st.apply(4, &too_late, &l), Applied { applied: 2, late: 1 });
+        assert_eq!(st.stats(&minute(), m0).map(|s| s.count), Some(2));
+    }
+
+    #[test]
+    fn seq_grows_by_one_and_rollover_publishes_previous_once() {
+        let mut st = PartitionState::default();
+        let l = Lateness::default();
+        let base = secs_to_time(Period::Minute.bucket_start_secs(t(0)));
+        st.apply(1, &ev("a", 4.0, base, base), &l);
+        let first = st.render(base);
+        let m = updates(&first).into_iter().find(|m| m.period == Period::Minute).cloned();
+        assert_eq!(m.as_ref().map(|m| m.seq), Some(1));
+        let later = base + Duration::seconds(61);
+        assert!(st.due(later).contains(&minute()));
+        let out = st.render(later);
+        let roll = updates(&out).into_iter().find(|m| m.period == Period::Minute).cloned();
+        let roll = roll.expect("rollover update");
+        assert_eq!(roll.seq, 2);
+        assert_eq!(roll.stats.count, 0);
+        assert_eq!(roll.previous.map(|p| p.stats.count), Some(1));
+        assert!(out.iter().any(|o| matches!(o, Outgoing::History(t, h) if t.period == Period::Minute && h.bucket_start == base)));
+        // Silent KPI: no further rollovers.
+        assert!(!st.due(later + Duration::seconds(120)).contains(&minute()));
+    }
+
+    #[test]
+    fn checkpoint_round_trips() {
+        let mut st = PartitionState::default();
+        st.apply(7, &ev("a", 4.5, t(3), t(3)), &Lateness::default());
+        st.render(t(3));
+        let back = PartitionState::from_json(&st.to_json()).expect("decode");
+        assert_eq!(back, st);
+    }
+}

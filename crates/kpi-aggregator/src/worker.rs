@@ -1,0 +1,218 @@
+//! One partition's loop: read events in log order, apply, publish what changed, checkpoint.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use kpi_bus::{Bus, BusError, StoredEvent};
+use kpi_core::{Topic, UpdateMessage};
+use kpi_service::Shutdown;
+
+use crate::config::AggregatorSettings;
+use crate::metrics as m;
+use crate::state::{Outgoing, PartitionState};
+
+/// With no event within this long of starting, the partition counts as caught up.
+const CATCH_UP_IDLE: Duration = Duration::from_millis(500);
+/// Pause before retrying after the bus failed.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+pub struct Worker {
+    partition: u32,
+    bus: Bus,
+    settings: AggregatorSettings,
+    state: PartitionState,
+    /// Nothing is published until the backlog is replayed: a restart would
+    /// otherwise republish values older than the ones clients already saw.
+    caught_up: bool,
+    /// Topics whose seq was checked against the bus since this process started.
+    seq_synced: std::collections::HashSet<Topic>,
+    last_checkpoint: Instant,
+    checkpointed_seq: u64,
+}
+
+impl Worker {
+    /// Loads the partition's checkpoint (or starts empty).
+    pub async fn load(partition: u32, bus: Bus, settings: AggregatorSettings) -> Result<Worker, BusError> {
+        let state = match bus.load_checkpoint(partition).await? {
+            Some(raw) => match PartitionState::from_json(&raw) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Refusing to start would take the partition down for good;
+                    // replaying from the beginning of the retained log is the
+                    // best remaining source of truth.
+                    tracing::error!(partition, error = %e, "checkpoint unreadable; replaying the whole log");
+                    PartitionState::default()
+                }
+            },
+            None => PartitionState::default(),
+        };
+        tracing::info!(partition, applied_seq = state.applied_seq, topics = state.topic_count(), "partition loaded");
+        Ok(Worker {
+            partition,
+            bus,
+            settings,
+            checkpointed_seq: state.applied_seq,
+            state,
+            caught_up: false,
+            seq_synced: Default::default(),
+            last_checkpoint: Instant::now(),
+        })
+    }
+
+    /// Runs until shutdown; then publishes what is pending and checkpoints.
+    pub async fn run(mut self, shutdown: Shutdown) {
+        let labels = [("partition", self.partition.to_string())];
+        loop {
+            if shutdown.is_triggered() {
+                break;
+            }
+            let mut feed = match self.bus.event_feed(self.partition, self.state.applied_seq + 1).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, error = %e, "cannot open event feed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY_DELAY) => continue,
+                        _ = shutdown.recv() => break,
+                    }
+                }
+            };
+            let started = Instant::now();
+            let coalesce = self.settings.coalesce.max(Duration::from_millis(1));
+            let mut publish_tick = tokio::time::interval(coalesce);
+            publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.recv() => break,
+                    next = feed.next() => match next {
+                        Some(Ok(ev)) => {
+                            self.apply(ev, &labels);
+                            if self.settings.coalesce.is_zero() && self.caught_up {
+                                self.publish().await;
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(partition = self.partition, error = %e, "event feed failed; reopening");
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = publish_tick.tick() => {
+                        if !self.caught_up && started.elapsed() >= CATCH_UP_IDLE {
+                            self.caught_up = true;
+                        }
+                        if self.caught_up {
+                            self.publish().await;
+                        }
+                        self.maybe_checkpoint(false).await;
+                    }
+                }
+            }
+            if shutdown.is_triggered() {
+                break;
+            }
+            tokio::time::sleep(RETRY_DELAY).await;
+        }
+        if self.caught_up {
+            self.publish().await;
+        }
+        self.maybe_checkpoint(true).await;
+        tracing::info!(partition = self.partition, applied_seq = self.state.applied_seq, "partition stopped");
+    }
+
+    fn apply(&mut self, ev: StoredEvent, labels: &[(&'static str, String); 1]) {
+        metrics::gauge!(m::CONSUMER_PENDING, labels).set(ev.pending as f64);
+        metrics::gauge!(m::APPLIED_SEQ, labels).set(ev.seq as f64);
+        if ev.pending == 0 {
+            self.caught_up = true;
+        }
+        match ev.record {
+            Ok(record) => {
+                let r = self.state.apply(ev.seq, &record, &self.settings.lateness);
+                metrics::counter!(m::EVENTS_APPLIED).increment(u64::from(r.applied));
+                if r.late > 0 {
+                    metrics::counter!(m::EVENTS_LATE).increment(u64::from(r.late));
+                    tracing::debug!(kpi = %record.kpi, event_id = %record.event_id, "late event not applied to {} period(s)", r.late);
+                }
+            }
+            Err(why) => {
+                // Ingest validated it, so this is a foreign or corrupted
+                // message; skip it but keep the position moving.
+                self.state.applied_seq = self.state.applied_seq.max(ev.seq);
+                metrics::counter!(m::EVENTS_UNDECODABLE).increment(1);
+                tracing::warn!(partition = self.partition, seq = ev.seq, %why, "undecodable event skipped");
+            }
+        }
+    }
+
+    async fn publish(&mut self) {
+        let now = Utc::now();
+        for topic in self.state.due(now) {
+            if self.seq_synced.contains(&topic) {
+                continue;
+            }
+            match self.bus.last_update(&topic).await {
+                Ok(Some(raw)) => {
+                    if let Ok(last) = UpdateMessage::from_json(&raw) {
+                        self.state.bump_seq(&topic, last.seq);
+                    }
+                    self.seq_synced.insert(topic);
+                }
+                Ok(None) => {
+                    self.seq_synced.insert(topic);
+                }
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "cannot read last update; publishing later");
+                    return;
+                }
+            }
+        }
+        let out = self.state.render(now);
+        if out.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut count = 0u64;
+        for o in out {
+            let (topic, result) = match o {
+                Outgoing::Update(t, msg) => {
+                    count += 1;
+                    let r = self.bus.publish_update(&t, Bytes::from(msg.to_json())).await;
+                    (t, r)
+                }
+                Outgoing::History(t, msg) => {
+                    let r = self.bus.publish_history(&t, Bytes::from(msg.to_json())).await;
+                    (t, r)
+                }
+            };
+            if let Err(e) = result {
+                metrics::counter!(m::PUBLISH_FAILURES).increment(1);
+                tracing::warn!(%topic, error = %e, "publish failed; will publish again");
+                self.state.mark_dirty(&topic);
+            }
+        }
+        metrics::counter!(m::UPDATES_PUBLISHED).increment(count);
+        metrics::histogram!(m::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
+    }
+
+    async fn maybe_checkpoint(&mut self, force: bool) {
+        let age = self.last_checkpoint.elapsed();
+        metrics::gauge!(m::CHECKPOINT_AGE, "partition" => self.partition.to_string()).set(age.as_secs_f64());
+        if !force && age < self.settings.checkpoint_interval {
+            return;
+        }
+        if self.state.applied_seq == self.checkpointed_seq && !force {
+            self.last_checkpoint = Instant::now();
+            return;
+        }
+        self.state.prune(&self.settings.lateness);
+        match self.bus.save_checkpoint(self.partition, Bytes::from(self.state.to_json())).await {
+            Ok(()) => {
+                self.checkpointed_seq = self.state.applied_seq;
+                self.last_checkpoint = Instant::now();
+            }
+            Err(e) => tracing::warn!(partition = self.partition, error = %e, "checkpoint failed; retrying"),
+        }
+    }
+}
