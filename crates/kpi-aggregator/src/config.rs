@@ -45,6 +45,8 @@ pub struct AggregatorSettings {
     pub coalesce: Duration,
     pub checkpoint_interval: Duration,
     pub lateness: Lateness,
+    /// Per-KPI publish thresholds (default: publish every change).
+    pub thresholds: crate::threshold::ThresholdPolicy,
 }
 
 impl Default for AggregatorSettings {
@@ -56,6 +58,7 @@ impl Default for AggregatorSettings {
             coalesce: Duration::from_millis(100),
             checkpoint_interval: Duration::from_secs(1),
             lateness: Lateness::default(),
+            thresholds: Default::default(),
         }
     }
 }
@@ -116,6 +119,9 @@ pub struct Cli {
     pub lateness_hour_secs: u64,
     #[arg(long, env = "KPI_LATENESS_DAY_SECS", default_value_t = 3600)]
     pub lateness_day_secs: u64,
+    /// Publish thresholds, e.g. `pending_approvals=2%,fx_*=0.01` (default: every change).
+    #[arg(long, env = "KPI_THRESHOLDS", default_value = "")]
+    pub thresholds: String,
     /// JetStream replicas for the streams this service creates.
     #[arg(long, env = "KPI_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
@@ -137,6 +143,7 @@ impl Cli {
                 hour: Duration::from_secs(self.lateness_hour_secs),
                 day: Duration::from_secs(self.lateness_day_secs),
             },
+            thresholds: crate::threshold::ThresholdPolicy::parse(&self.thresholds)?,
         };
         s.validate()?;
         Ok(s)
@@ -166,7 +173,12 @@ mod tests {
     fn replicas_own_disjoint_covering_partitions() {
         let mut seen = vec![];
         for i in 0..3 {
-            let s = AggregatorSettings { partitions: 8, replica_index: i, replica_count: 3, ..Default::default() };
+            let s = AggregatorSettings {
+                partitions: 8,
+                replica_index: i,
+                replica_count: 3,
+                ..Default::default()
+            };
             seen.extend(s.owned_partitions());
         }
         seen.sort();

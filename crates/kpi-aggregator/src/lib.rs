@@ -10,7 +10,9 @@ pub mod config;
 pub mod metrics;
 pub mod server;
 pub mod state;
+pub mod threshold;
 pub mod worker;
 
 pub use config::{AggregatorSettings, Lateness};
 pub use server::{run, AggregatorError};
+pub use threshold::ThresholdPolicy;

@@ -12,7 +12,9 @@ use kpi_service::Shutdown;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     kpi_service::telemetry::init_logging();
-    let settings = cli.settings().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let settings = cli
+        .settings()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let bus_config = BusConfig {
         partitions: settings.partitions,
         replicas: cli.replicas,

@@ -9,6 +9,7 @@ use kpi_core::{EventRecord, Period, Stats, Topic, UpdateKind, UpdateMessage};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Lateness;
+use crate::threshold::ThresholdPolicy;
 
 /// Buckets this much older than the lateness horizon are dropped from memory.
 /// The margin covers clock disagreement between ingest instances, whose
@@ -47,6 +48,9 @@ struct TopicState {
     dirty: bool,
     /// Closed buckets changed by late events since the last render.
     corrected: BTreeSet<i64>,
+    /// The current bucket's stats as last rendered, for threshold policies.
+    #[serde(default)]
+    rendered: Stats,
 }
 
 /// What one event did, per period.
@@ -77,7 +81,8 @@ impl PartitionState {
         self.watermark = self.watermark.max(ev.received_at.timestamp());
         for period in Period::ALL {
             let start = period.bucket_start_secs(ev.time);
-            let deadline = period.bucket_end_secs(start) + lateness.for_period(period).as_secs() as i64;
+            let deadline =
+                period.bucket_end_secs(start) + lateness.for_period(period).as_secs() as i64;
             if ev.received_at.timestamp() > deadline {
                 out.late += 1;
                 continue;
@@ -86,7 +91,10 @@ impl PartitionState {
                 .topics
                 .entry(key(&ev.kpi, period))
                 .or_insert_with(|| TopicState::new(ev.kpi.clone(), period));
-            ts.buckets.entry(start).or_default().apply(ev.value, ev.time);
+            ts.buckets
+                .entry(start)
+                .or_default()
+                .apply(ev.value, ev.time);
             ts.last_event_time = Some(ev.time);
             ts.dirty = true;
             if ts.shown.is_some_and(|shown| start < shown) {
@@ -98,10 +106,10 @@ impl PartitionState {
     }
 
     /// Topics that [`PartitionState::render`] would publish for at `now`.
-    pub fn due(&self, now: DateTime<Utc>) -> Vec<Topic> {
+    pub fn due(&self, now: DateTime<Utc>, policy: &ThresholdPolicy) -> Vec<Topic> {
         self.topics
             .values()
-            .filter(|ts| ts.is_due(now))
+            .filter(|ts| ts.is_due(now, policy))
             .map(|ts| Topic::new(ts.code.clone(), ts.period))
             .collect()
     }
@@ -117,10 +125,10 @@ impl PartitionState {
     /// Renders every due topic's messages: corrections of closed buckets
     /// first, then the current bucket, so the newest message of a topic is
     /// always its current bucket (the one a snapshot shows).
-    pub fn render(&mut self, now: DateTime<Utc>) -> Vec<Outgoing> {
+    pub fn render(&mut self, now: DateTime<Utc>, policy: &ThresholdPolicy) -> Vec<Outgoing> {
         let mut out = Vec::new();
         for ts in self.topics.values_mut() {
-            if ts.is_due(now) {
+            if ts.is_due(now, policy) {
                 ts.render(now, &mut out);
             }
         }
@@ -183,6 +191,7 @@ impl TopicState {
             shown: None,
             dirty: false,
             corrected: BTreeSet::new(),
+            rendered: Stats::default(),
         }
     }
 
@@ -190,19 +199,38 @@ impl TopicState {
     /// one when events ran ahead of this clock.
     fn current(&self, now: DateTime<Utc>) -> i64 {
         let by_clock = self.period.bucket_start_secs(now);
-        self.buckets.keys().next_back().map_or(by_clock, |last| by_clock.max(*last))
+        self.buckets
+            .keys()
+            .next_back()
+            .map_or(by_clock, |last| by_clock.max(*last))
     }
 
-    fn is_due(&self, now: DateTime<Utc>) -> bool {
-        if self.dirty || !self.corrected.is_empty() {
+    fn is_due(&self, now: DateTime<Utc>, policy: &ThresholdPolicy) -> bool {
+        if !self.corrected.is_empty() {
             return true;
         }
-        // A bucket closed: publish the new (empty) bucket with the closed one
-        // as `previous`, once; a KPI that stays silent does not publish again.
         let current = self.current(now);
-        match self.shown {
-            Some(shown) if shown != current => self.buckets.get(&shown).is_some_and(|s| !s.is_empty()),
+        // A bucket closed: publish the new bucket with the closed one as
+        // `previous`, whatever the threshold; a KPI that stays silent does
+        // not publish again.
+        let rolled = match self.shown {
+            Some(shown) if shown != current => {
+                self.dirty || self.buckets.get(&shown).is_some_and(|s| !s.is_empty())
+            }
             _ => false,
+        };
+        if rolled || self.shown.is_none() && self.dirty {
+            return true;
+        }
+        if !self.dirty {
+            return false;
+        }
+        match policy.for_code(&self.code) {
+            None => true,
+            Some(t) => {
+                let now_stats = self.buckets.get(&current).copied().unwrap_or_default();
+                t.significant(&self.rendered, &now_stats)
+            }
         }
     }
 
@@ -211,7 +239,10 @@ impl TopicState {
             .range(..start)
             .rev()
             .find(|(_, s)| !s.is_empty())
-            .map(|(b, s)| BucketView { bucket_start: secs_to_time(*b), stats: s.view() })
+            .map(|(b, s)| BucketView {
+                bucket_start: secs_to_time(*b),
+                stats: s.view(),
+            })
     }
 
     fn message(&self, start: i64, now: DateTime<Utc>, correction: bool) -> UpdateMessage {
@@ -244,11 +275,15 @@ impl TopicState {
         if let Some(shown) = self.shown.filter(|s| *s < current) {
             // The bucket shown until now has closed: record its final value.
             if self.buckets.get(&shown).is_some_and(|s| !s.is_empty()) {
-                out.push(Outgoing::History(topic.clone(), self.message(shown, now, false)));
+                out.push(Outgoing::History(
+                    topic.clone(),
+                    self.message(shown, now, false),
+                ));
             }
         }
         self.seq += 1;
         out.push(Outgoing::Update(topic, self.message(current, now, false)));
+        self.rendered = self.buckets.get(&current).copied().unwrap_or_default();
         self.shown = Some(current);
         self.dirty = false;
     }
@@ -261,7 +296,9 @@ mod tests {
     use kpi_core::KpiCode;
 
     fn t(s: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(1_800_000_000 + s, 0).single().expect("time")
+        Utc.timestamp_opt(1_800_000_000 + s, 0)
+            .single()
+            .expect("time")
     }
 
     fn ev(id: &str, value: f64, time: DateTime<Utc>, received: DateTime<Utc>) -> EventRecord {
@@ -302,25 +339,34 @@ mod tests {
     #[test]
     fn late_beyond_window_is_not_applied_but_within_is_a_correction() {
         let mut st = PartitionState::default();
-        let l = Lateness { minute: std::time::Duration::from_secs(30), ..Default::default() };
+        let l = Lateness {
+            minute: std::time::Duration::from_secs(30),
+            ..Default::default()
+        };
         let m0 = Period::Minute.bucket_start_secs(t(0));
         let base = secs_to_time(m0);
         st.apply(1, &ev("a", 1.0, base, base), &l);
-        st.render(base);
+        st.render(base, &ThresholdPolicy::default());
         // Next minute starts; an event for the closed minute arrives 10 s after its end.
         let next = base + Duration::seconds(70);
         st.apply(2, &ev("b", 2.0, next, next), &l);
-        st.render(next);
+        st.render(next, &ThresholdPolicy::default());
         let late_ok = ev("c", 5.0, base + Duration::seconds(1), next);
         assert_eq!(st.apply(3, &late_ok, &l).late, 0);
-        let out = st.render(next);
+        let out = st.render(next, &ThresholdPolicy::default());
         let ups = updates(&out);
         assert_eq!(ups.len(), 2);
         assert!(ups[0].correction && ups[0].bucket_start == base && ups[0].stats.count == 2);
         assert!(!ups[1].correction && ups[1].seq == ups[0].seq + 1);
         // 31 s after the end of the minute: too late for it, fine for hour and day.
         let too_late = ev("d", 9.0, base, base + Duration::seconds(91));
-        assert_eq!(st.apply(4, &too_late, &l), Applied { applied: 2, late: 1 });
+        assert_eq!(
+            st.apply(4, &too_late, &l),
+            Applied {
+                applied: 2,
+                late: 1
+            }
+        );
         assert_eq!(st.stats(&minute(), m0).map(|s| s.count), Some(2));
     }
 
@@ -330,27 +376,60 @@ mod tests {
         let l = Lateness::default();
         let base = secs_to_time(Period::Minute.bucket_start_secs(t(0)));
         st.apply(1, &ev("a", 4.0, base, base), &l);
-        let first = st.render(base);
-        let m = updates(&first).into_iter().find(|m| m.period == Period::Minute).cloned();
+        let first = st.render(base, &ThresholdPolicy::default());
+        let m = updates(&first)
+            .into_iter()
+            .find(|m| m.period == Period::Minute)
+            .cloned();
         assert_eq!(m.as_ref().map(|m| m.seq), Some(1));
         let later = base + Duration::seconds(61);
-        assert!(st.due(later).contains(&minute()));
-        let out = st.render(later);
-        let roll = updates(&out).into_iter().find(|m| m.period == Period::Minute).cloned();
+        assert!(st
+            .due(later, &ThresholdPolicy::default())
+            .contains(&minute()));
+        let out = st.render(later, &ThresholdPolicy::default());
+        let roll = updates(&out)
+            .into_iter()
+            .find(|m| m.period == Period::Minute)
+            .cloned();
         let roll = roll.expect("rollover update");
         assert_eq!(roll.seq, 2);
         assert_eq!(roll.stats.count, 0);
         assert_eq!(roll.previous.map(|p| p.stats.count), Some(1));
         assert!(out.iter().any(|o| matches!(o, Outgoing::History(t, h) if t.period == Period::Minute && h.bucket_start == base)));
         // Silent KPI: no further rollovers.
-        assert!(!st.due(later + Duration::seconds(120)).contains(&minute()));
+        assert!(!st
+            .due(later + Duration::seconds(120), &ThresholdPolicy::default())
+            .contains(&minute()));
+    }
+
+    #[test]
+    fn threshold_holds_back_small_moves_but_not_bucket_closes() {
+        let mut st = PartitionState::default();
+        let l = Lateness::default();
+        let policy = ThresholdPolicy::parse("k=10%").expect("policy");
+        let base = secs_to_time(Period::Minute.bucket_start_secs(t(0)));
+        st.apply(1, &ev("a", 100.0, base, base), &l);
+        assert_eq!(updates(&st.render(base, &policy)).len(), 1);
+        st.apply(2, &ev("b", 101.0, base + Duration::seconds(1), base), &l);
+        assert!(
+            !st.due(base, &policy).contains(&minute()),
+            "a 1% move published"
+        );
+        st.apply(3, &ev("c", 150.0, base + Duration::seconds(2), base), &l);
+        assert!(st.due(base, &policy).contains(&minute()));
+        st.render(base, &policy);
+        st.apply(4, &ev("d", 151.0, base + Duration::seconds(3), base), &l);
+        let closed = st.render(base + Duration::seconds(60), &policy);
+        let roll = updates(&closed);
+        assert_eq!(roll.len(), 1);
+        assert_eq!(roll[0].previous.map(|p| p.stats.count), Some(4));
     }
 
     #[test]
     fn checkpoint_round_trips() {
         let mut st = PartitionState::default();
         st.apply(7, &ev("a", 4.5, t(3), t(3)), &Lateness::default());
-        st.render(t(3));
+        st.render(t(3), &ThresholdPolicy::default());
         let back = PartitionState::from_json(&st.to_json()).expect("decode");
         assert_eq!(back, st);
     }

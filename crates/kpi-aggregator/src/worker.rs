@@ -33,7 +33,11 @@ pub struct Worker {
 
 impl Worker {
     /// Loads the partition's checkpoint (or starts empty).
-    pub async fn load(partition: u32, bus: Bus, settings: AggregatorSettings) -> Result<Worker, BusError> {
+    pub async fn load(
+        partition: u32,
+        bus: Bus,
+        settings: AggregatorSettings,
+    ) -> Result<Worker, BusError> {
         let state = match bus.load_checkpoint(partition).await? {
             Some(raw) => match PartitionState::from_json(&raw) {
                 Ok(s) => s,
@@ -47,7 +51,12 @@ impl Worker {
             },
             None => PartitionState::default(),
         };
-        tracing::info!(partition, applied_seq = state.applied_seq, topics = state.topic_count(), "partition loaded");
+        tracing::info!(
+            partition,
+            applied_seq = state.applied_seq,
+            topics = state.topic_count(),
+            "partition loaded"
+        );
         Ok(Worker {
             partition,
             bus,
@@ -67,7 +76,11 @@ impl Worker {
             if shutdown.is_triggered() {
                 break;
             }
-            let mut feed = match self.bus.event_feed(self.partition, self.state.applied_seq + 1).await {
+            let mut feed = match self
+                .bus
+                .event_feed(self.partition, self.state.applied_seq + 1)
+                .await
+            {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(partition = self.partition, error = %e, "cannot open event feed; retrying");
@@ -118,7 +131,11 @@ impl Worker {
             self.publish().await;
         }
         self.maybe_checkpoint(true).await;
-        tracing::info!(partition = self.partition, applied_seq = self.state.applied_seq, "partition stopped");
+        tracing::info!(
+            partition = self.partition,
+            applied_seq = self.state.applied_seq,
+            "partition stopped"
+        );
     }
 
     fn apply(&mut self, ev: StoredEvent, labels: &[(&'static str, String); 1]) {
@@ -148,7 +165,7 @@ impl Worker {
 
     async fn publish(&mut self) {
         let now = Utc::now();
-        for topic in self.state.due(now) {
+        for topic in self.state.due(now, &self.settings.thresholds) {
             if self.seq_synced.contains(&topic) {
                 continue;
             }
@@ -168,7 +185,7 @@ impl Worker {
                 }
             }
         }
-        let out = self.state.render(now);
+        let out = self.state.render(now, &self.settings.thresholds);
         if out.is_empty() {
             return;
         }
@@ -178,11 +195,17 @@ impl Worker {
             let (topic, result) = match o {
                 Outgoing::Update(t, msg) => {
                     count += 1;
-                    let r = self.bus.publish_update(&t, Bytes::from(msg.to_json())).await;
+                    let r = self
+                        .bus
+                        .publish_update(&t, Bytes::from(msg.to_json()))
+                        .await;
                     (t, r)
                 }
                 Outgoing::History(t, msg) => {
-                    let r = self.bus.publish_history(&t, Bytes::from(msg.to_json())).await;
+                    let r = self
+                        .bus
+                        .publish_history(&t, Bytes::from(msg.to_json()))
+                        .await;
                     (t, r)
                 }
             };
@@ -198,7 +221,8 @@ impl Worker {
 
     async fn maybe_checkpoint(&mut self, force: bool) {
         let age = self.last_checkpoint.elapsed();
-        metrics::gauge!(m::CHECKPOINT_AGE, "partition" => self.partition.to_string()).set(age.as_secs_f64());
+        metrics::gauge!(m::CHECKPOINT_AGE, "partition" => self.partition.to_string())
+            .set(age.as_secs_f64());
         if !force && age < self.settings.checkpoint_interval {
             return;
         }
@@ -207,12 +231,18 @@ impl Worker {
             return;
         }
         self.state.prune(&self.settings.lateness);
-        match self.bus.save_checkpoint(self.partition, Bytes::from(self.state.to_json())).await {
+        match self
+            .bus
+            .save_checkpoint(self.partition, Bytes::from(self.state.to_json()))
+            .await
+        {
             Ok(()) => {
                 self.checkpointed_seq = self.state.applied_seq;
                 self.last_checkpoint = Instant::now();
             }
-            Err(e) => tracing::warn!(partition = self.partition, error = %e, "checkpoint failed; retrying"),
+            Err(e) => {
+                tracing::warn!(partition = self.partition, error = %e, "checkpoint failed; retrying")
+            }
         }
     }
 }

@@ -31,7 +31,11 @@ async fn start(bus: &Bus) -> (Shutdown, tokio::task::JoinHandle<()>) {
     let sd = Shutdown::new();
     let h = tokio::spawn({
         let (bus, sd) = (bus.clone(), sd.clone());
-        async move { run(None, bus, settings(), sd).await.expect("aggregator runs") }
+        async move {
+            run(None, bus, settings(), sd)
+                .await
+                .expect("aggregator runs")
+        }
     });
     (sd, h)
 }
@@ -45,13 +49,18 @@ async fn wait_count(bus: &Bus, topic: &Topic, bucket: DateTime<Utc>, count: u64)
             let stats = if m.bucket_start == bucket {
                 Some(m.stats)
             } else {
-                m.previous.filter(|p| p.bucket_start == bucket).map(|p| p.stats)
+                m.previous
+                    .filter(|p| p.bucket_start == bucket)
+                    .map(|p| p.stats)
             };
             if stats.is_some_and(|s| s.count == count) {
                 return m;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "{topic} never reached count {count}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic} never reached count {count}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -70,7 +79,9 @@ async fn stats_are_exact_and_survive_restarts_without_double_counting() {
     for i in 0..300 {
         let v = (i % 17) as f64;
         sum += v;
-        bus.append_event(&event(i, &kpi, v, bucket)).await.expect("append");
+        bus.append_event(&event(i, &kpi, v, bucket))
+            .await
+            .expect("append");
         if i == 150 {
             // Stop mid-stream: the checkpoint plus replay must pick up exactly here.
             if let Some((sd, h)) = first.take() {
@@ -91,8 +102,9 @@ async fn stats_are_exact_and_survive_restarts_without_double_counting() {
     let last_seq = m.seq;
     let (sd, h) = start(&bus).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let again = UpdateMessage::from_json(&bus.last_update(&hour).await.expect("bus").expect("update"))
-        .expect("valid");
+    let again =
+        UpdateMessage::from_json(&bus.last_update(&hour).await.expect("bus").expect("update"))
+            .expect("valid");
     assert!(again.seq >= last_seq);
     assert_eq!(again.stats.count, 300);
     sd.trigger();
@@ -108,16 +120,24 @@ async fn a_burst_is_coalesced_and_seq_grows_by_one() {
     let (sd, h) = start(&bus).await;
     let now = Utc::now();
     for i in 0..2000 {
-        bus.append_event(&event(i, &kpi, 1.0, now)).await.expect("append");
+        bus.append_event(&event(i, &kpi, 1.0, now))
+            .await
+            .expect("append");
     }
     wait_count(&bus, &topic, Period::Day.bucket_start(now), 2000).await;
     sd.trigger();
     h.await.expect("clean stop");
     let mut seqs = vec![];
-    while let Ok(Some(Live::Message(raw))) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+    while let Ok(Some(Live::Message(raw))) =
+        tokio::time::timeout(Duration::from_millis(50), sub.next()).await
+    {
         seqs.push(UpdateMessage::from_json(&raw).expect("valid").seq);
     }
     assert!(!seqs.is_empty());
-    assert!(seqs.len() < 100, "2000 events gave {} updates: not coalesced", seqs.len());
+    assert!(
+        seqs.len() < 100,
+        "2000 events gave {} updates: not coalesced",
+        seqs.len()
+    );
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "seqs {seqs:?}");
 }

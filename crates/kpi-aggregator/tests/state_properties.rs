@@ -7,14 +7,19 @@ use kpi_core::{EventRecord, KpiCode, Period, Topic};
 use proptest::prelude::*;
 
 fn at(s: i64) -> DateTime<Utc> {
-    Utc.timestamp_opt(1_800_000_000 + s, 0).single().expect("time")
+    Utc.timestamp_opt(1_800_000_000 + s, 0)
+        .single()
+        .expect("time")
 }
 
 /// (kpi index, value, seconds since the previous receive, event delay, ingest clock skew).
 type Raw = (u8, i32, i64, i64, i64);
 
 fn log() -> impl Strategy<Value = Vec<Raw>> {
-    prop::collection::vec((0u8..3, -1000i32..1000, 0i64..40, 0i64..400, 0i64..60), 1..200)
+    prop::collection::vec(
+        (0u8..3, -1000i32..1000, 0i64..40, 0i64..400, 0i64..60),
+        1..200,
+    )
 }
 
 /// A realistic log: receive times follow the log order (several ingest

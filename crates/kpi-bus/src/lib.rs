@@ -49,7 +49,8 @@ pub enum Live {
 #[derive(Clone)]
 pub enum Bus {
     Memory(memory::MemoryBus),
-    Nats(nats::NatsBus),
+    // Boxed: the NATS client and stream handles are large, the enum is cloned often.
+    Nats(std::sync::Arc<nats::NatsBus>),
 }
 
 impl Bus {
@@ -60,7 +61,7 @@ impl Bus {
 
     /// Connects to NATS and makes sure every stream exists with `config`.
     pub async fn connect_nats(url: &str, config: BusConfig) -> Result<Bus, BusError> {
-        Ok(Bus::Nats(nats::NatsBus::connect(url, config).await?))
+        Ok(Bus::Nats(std::sync::Arc::new(nats::NatsBus::connect(url, config).await?)))
     }
 
     pub fn config(&self) -> &BusConfig {
@@ -183,7 +184,7 @@ pub struct EventFeed {
 
 enum FeedInner {
     Memory(memory::MemoryFeed),
-    Nats(nats::NatsFeed),
+    Nats(Box<nats::NatsFeed>),
 }
 
 impl EventFeed {

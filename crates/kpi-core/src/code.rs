@@ -89,7 +89,18 @@ mod tests {
     #[test]
     fn refuses_everything_that_could_be_a_subject_wildcard_or_separator() {
         let long = "x".repeat(65);
-        for bad in ["", "a.b", "*", ">", "a b", "%2A", "é", "a\0b", "a\nb", long.as_str()] {
+        for bad in [
+            "",
+            "a.b",
+            "*",
+            ">",
+            "a b",
+            "%2A",
+            "é",
+            "a\0b",
+            "a\nb",
+            long.as_str(),
+        ] {
             assert!(KpiCode::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }

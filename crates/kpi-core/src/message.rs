@@ -172,7 +172,10 @@ mod tests {
 
     #[test]
     fn update_has_the_brief_fields() {
-        let now = Utc.with_ymd_and_hms(2026, 11, 25, 8, 0, 1).single().expect("time");
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 25, 8, 0, 1)
+            .single()
+            .expect("time");
         let kpi = KpiCode::parse("pending_approvals").expect("code");
         let mut m = UpdateMessage::empty(kpi, Period::Minute, now);
         m.kind = UpdateKind::Update;
@@ -197,7 +200,11 @@ mod tests {
                 .expect("parse");
         assert_eq!(
             m,
-            ClientMessage::Subscribe { kpi: "a".into(), period: "hour".into(), since: Some(4) }
+            ClientMessage::Subscribe {
+                kpi: "a".into(),
+                period: "hour".into(),
+                since: Some(4)
+            }
         );
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"explode"}"#).is_err());
     }

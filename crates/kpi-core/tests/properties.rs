@@ -25,7 +25,10 @@ fn naive_bucket(p: Period, t: DateTime<Utc>) -> DateTime<Utc> {
 // rather than floating-point rounding.
 fn events() -> impl Strategy<Value = Vec<(f64, i64)>> {
     prop::collection::vec(
-        ((-(1i64 << 20)..(1i64 << 20)).prop_map(|v| v as f64 / 8.0), 0i64..1_000),
+        (
+            (-(1i64 << 20)..(1i64 << 20)).prop_map(|v| v as f64 / 8.0),
+            0i64..1_000,
+        ),
         1..60,
     )
 }

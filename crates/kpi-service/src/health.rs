@@ -50,7 +50,10 @@ pub fn ops_router(readiness: Readiness) -> Router {
 async fn readyz(State(r): State<Readiness>) -> (StatusCode, String) {
     match r.status() {
         Ok(()) => (StatusCode::OK, "ready\n".into()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 
