@@ -46,8 +46,10 @@ struct TopicState {
     /// Changed since the last render. Persisted: a crash between checkpoint
     /// and publish must still publish after restart.
     dirty: bool,
-    /// Closed buckets changed by late events since the last render.
-    corrected: BTreeSet<i64>,
+    /// Buckets changed since the last render. Those older than the current
+    /// bucket at render time are published as corrections (and to history),
+    /// so every bucket that ever held data is visible to clients.
+    changed: BTreeSet<i64>,
     /// The current bucket's stats as last rendered, for threshold policies.
     #[serde(default)]
     rendered: Stats,
@@ -97,9 +99,7 @@ impl PartitionState {
                 .apply(ev.value, ev.time);
             ts.last_event_time = Some(ev.time);
             ts.dirty = true;
-            if ts.shown.is_some_and(|shown| start < shown) {
-                ts.corrected.insert(start);
-            }
+            ts.changed.insert(start);
             out.applied += 1;
         }
         out
@@ -190,7 +190,7 @@ impl TopicState {
             last_event_time: None,
             shown: None,
             dirty: false,
-            corrected: BTreeSet::new(),
+            changed: BTreeSet::new(),
             rendered: Stats::default(),
         }
     }
@@ -206,10 +206,14 @@ impl TopicState {
     }
 
     fn is_due(&self, now: DateTime<Utc>, policy: &ThresholdPolicy) -> bool {
-        if !self.corrected.is_empty() {
+        let current = self.current(now);
+        if self
+            .changed
+            .range(..current)
+            .any(|b| Some(*b) != self.shown)
+        {
             return true;
         }
-        let current = self.current(now);
         // A bucket closed: publish the new bucket with the closed one as
         // `previous`, whatever the threshold; a KPI that stays silent does
         // not publish again.
@@ -263,8 +267,9 @@ impl TopicState {
     fn render(&mut self, now: DateTime<Utc>, out: &mut Vec<Outgoing>) {
         let topic = Topic::new(self.code.clone(), self.period);
         let current = self.current(now);
-        for start in std::mem::take(&mut self.corrected) {
-            if start >= current {
+        for start in std::mem::take(&mut self.changed) {
+            // The bucket shown until now is recorded by the rollover below.
+            if start >= current || Some(start) == self.shown {
                 continue;
             }
             self.seq += 1;
