@@ -6,6 +6,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
+];
+
 /// Installs `tracing` output: human-readable, or JSON when `KPI_LOG_FORMAT=json`.
 /// The filter comes from `RUST_LOG` (default `info`). Safe to call twice.
 pub fn init_logging() {
@@ -27,7 +31,14 @@ pub fn init_logging() {
 pub fn prometheus() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Latency buckets from 100 µs to 10 s: every histogram here is a
+            // latency, and summaries cannot be aggregated across replicas.
+            let builder = PrometheusBuilder::new();
+            let builder = match builder.set_buckets(&LATENCY_BUCKETS) {
+                Ok(b) => b,
+                Err(_) => PrometheusBuilder::new(),
+            };
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first (a test
             // harness); the handle then renders nothing, which is harmless.

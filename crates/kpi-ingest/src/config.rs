@@ -1,0 +1,215 @@
+//! Settings of kpi-ingest: the binary's flags (with environment fallbacks) and the plain settings `run` takes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kpi_bus::BusConfig;
+
+/// Most partitions accepted; each is an aggregator consumer, so more is a typo.
+pub const MAX_PARTITIONS: u32 = 1024;
+/// JetStream allows at most five replicas of a stream.
+pub const MAX_REPLICAS: usize = 5;
+
+/// A setting that cannot work; reported before anything is bound or connected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+/// The flags of the `kpi-ingest` binary.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "kpi-ingest",
+    version,
+    about = "gRPC server publishers call: validates KPI events and stores each durably in NATS JetStream before acknowledging it"
+)]
+pub struct Config {
+    /// gRPC address (the Ingest service, health and reflection).
+    #[arg(long, env = "KPI_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// HTTP address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "KPI_HTTP_LISTEN", default_value = "0.0.0.0:9101")]
+    pub http_listen: SocketAddr,
+
+    /// NATS server(s), e.g. nats://127.0.0.1:4222 (comma-separated for a cluster).
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: String,
+
+    /// Aggregator partitions; must match every other service of the deployment.
+    #[arg(long, env = "KPI_PARTITIONS", default_value_t = 4)]
+    pub partitions: u32,
+
+    /// A repeated event_id within this many seconds is stored once.
+    #[arg(long, env = "KPI_DUPLICATE_WINDOW_SECS", default_value_t = 600)]
+    pub duplicate_window_secs: u64,
+
+    /// Refuse events whose time is more than this many seconds ahead of the server clock.
+    #[arg(long, env = "KPI_MAX_FUTURE_SECS", default_value_t = 300)]
+    pub max_future_secs: i64,
+
+    /// When set, publishers must send `authorization: Bearer <token>`.
+    #[arg(long, env = "KPI_PUBLISHER_TOKEN", hide_env_values = true)]
+    pub publisher_token: Option<String>,
+
+    /// Most events accepted in one Publish call.
+    #[arg(long, env = "KPI_MAX_BATCH", default_value_t = 10_000)]
+    pub max_batch: usize,
+
+    /// Most events being stored at once per PublishStream (and per Publish batch).
+    #[arg(long, env = "KPI_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
+    /// JetStream replicas of the streams this service creates (1 to 5).
+    #[arg(long, env = "KPI_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+
+    /// On shutdown, wait at most this many seconds for in-flight calls to finish.
+    #[arg(long, env = "KPI_DRAIN_GRACE_SECS", default_value_t = 30)]
+    pub drain_grace_secs: u64,
+}
+
+impl Config {
+    /// Checks every setting, so a bad flag fails before anything is bound.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.nats_url.trim().is_empty() {
+            return Err(bad("--nats-url", "must not be empty"));
+        }
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            return Err(bad(
+                "--partitions",
+                format!("must be 1 to {MAX_PARTITIONS}, got {}", self.partitions),
+            ));
+        }
+        if self.duplicate_window_secs == 0 {
+            return Err(bad("--duplicate-window-secs", "must be at least 1"));
+        }
+        if self.replicas == 0 || self.replicas > MAX_REPLICAS {
+            return Err(bad(
+                "--replicas",
+                format!("must be 1 to {MAX_REPLICAS}, got {}", self.replicas),
+            ));
+        }
+        self.settings().validate()
+    }
+
+    /// What [`crate::run`] needs.
+    pub fn settings(&self) -> IngestSettings {
+        IngestSettings {
+            max_future_secs: self.max_future_secs,
+            publisher_token: self.publisher_token.clone(),
+            max_batch: self.max_batch,
+            max_in_flight: self.max_in_flight,
+            drain_grace: Duration::from_secs(self.drain_grace_secs),
+        }
+    }
+
+    /// How the bus is laid out; identical in every service of a deployment.
+    pub fn bus_config(&self) -> BusConfig {
+        BusConfig {
+            partitions: self.partitions,
+            duplicate_window: Duration::from_secs(self.duplicate_window_secs),
+            replicas: self.replicas,
+            ..BusConfig::default()
+        }
+    }
+}
+
+/// What the ingest server needs beyond its listeners and bus; `kpi-stack` builds one directly.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// Events timed more than this many seconds ahead of the server clock are refused.
+    pub max_future_secs: i64,
+    /// When set, every Ingest call must carry `authorization: Bearer <token>`.
+    /// Health and reflection stay open, so probes and tooling need no secret.
+    pub publisher_token: Option<String>,
+    /// Most events accepted in one Publish call.
+    pub max_batch: usize,
+    /// Most stores in flight per PublishStream and per Publish batch.
+    pub max_in_flight: usize,
+    /// On shutdown, how long in-flight calls may take before `run` returns anyway.
+    pub drain_grace: Duration,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            max_future_secs: 300,
+            publisher_token: None,
+            max_batch: 10_000,
+            max_in_flight: 1024,
+            drain_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl IngestSettings {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_future_secs < 0 {
+            return Err(bad("--max-future-secs", "must not be negative"));
+        }
+        if self.max_batch == 0 {
+            return Err(bad("--max-batch", "must be at least 1"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(bad("--max-in-flight", "must be at least 1"));
+        }
+        if let Some(token) = &self.publisher_token {
+            // The token is compared with a header value, which can only hold
+            // visible ASCII; anything else could never match.
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(bad(
+                    "--publisher-token",
+                    "must be non-empty printable ASCII without spaces",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["kpi-ingest", "--nats-url", "nats://127.0.0.1:4222"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_brief() {
+        let c = parse(&[]);
+        assert_eq!(c.listen.port(), 50051);
+        assert_eq!(c.http_listen.port(), 9101);
+        assert_eq!(c.partitions, 4);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn refuses_settings_that_cannot_work() {
+        for args in [
+            &["--partitions", "0"][..],
+            &["--replicas", "6"],
+            &["--max-batch", "0"],
+            &["--max-in-flight", "0"],
+            &["--max-future-secs=-1"],
+            &["--duplicate-window-secs", "0"],
+            &["--publisher-token", "has space"],
+        ] {
+            assert!(parse(args).validate().is_err(), "{args:?} accepted");
+        }
+    }
+}

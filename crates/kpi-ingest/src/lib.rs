@@ -1,0 +1,37 @@
+//! kpi-ingest: the gRPC server publishers call to push KPI data points into kpistream.
+//!
+//! Each event is validated ([`validate`]), then stored durably on the bus
+//! before it is acknowledged ([`service`]); the `event_id` is the idempotency
+//! key, so a publisher that retries after a timeout never counts an event
+//! twice. [`server::run`] serves the `kpi.v1.Ingest` service with gRPC health,
+//! reflection and an optional bearer token, plus `/metrics`, `/healthz` and
+//! `/readyz` on a second port, and drains on shutdown.
+//!
+//! The binary (`src/main.rs`) only parses [`config::Config`], connects to NATS
+//! and calls [`server::run`]; `kpi-stack` calls the same `run` with an
+//! in-process bus.
+
+pub mod config;
+pub mod metrics;
+pub mod server;
+pub mod service;
+pub mod validate;
+
+pub use config::{Config, ConfigError, IngestSettings};
+pub use server::run;
+pub use service::IngestService;
+
+/// Why the ingest server could not start or stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("invalid settings: {0}")]
+    Config(#[from] ConfigError),
+    #[error("building the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+    #[error("reading a listener's address: {0}")]
+    Listener(#[source] std::io::Error),
+}

@@ -1,0 +1,71 @@
+//! Ingest against a real nats-server: JetStream suppresses a repeated event_id.
+
+mod common;
+
+use common::{event, Harness};
+use kpi_bus::{Bus, BusConfig};
+use kpi_ingest::IngestSettings;
+use kpi_proto::v1::{PublishRequest, Status as EventStatus};
+use kpi_test_support::NatsServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_stores_a_repeated_event_id_once() {
+    let nats = tokio::task::spawn_blocking(NatsServer::start)
+        .await
+        .expect("nats-server starts");
+    let bus = Bus::connect_nats(&nats.url(), BusConfig::default())
+        .await
+        .expect("connect to NATS");
+    let h = Harness::start_on(bus, IngestSettings::default()).await;
+    let mut client = h.client().await;
+
+    let publish = |id: &str| PublishRequest {
+        events: vec![event(id, "js_kpi", 7.0)],
+    };
+    let first = client
+        .publish(publish("js-1"))
+        .await
+        .expect("publish")
+        .into_inner();
+    assert_eq!(first.results[0].status(), EventStatus::Stored);
+    let again = client
+        .publish(publish("js-1"))
+        .await
+        .expect("publish")
+        .into_inner();
+    assert_eq!(again.results[0].status(), EventStatus::Duplicate);
+    assert_eq!(again.duplicates, 1);
+
+    // Through the stream API too.
+    let acks = client
+        .publish_stream(tokio_stream::iter(vec![
+            event("js-1", "js_kpi", 7.0),
+            event("js-2", "js_kpi", 8.0),
+        ]))
+        .await
+        .expect("stream")
+        .into_inner();
+    use futures::StreamExt;
+    let acks: Vec<_> = acks.collect().await;
+    let statuses: Vec<EventStatus> = acks
+        .iter()
+        .map(|a| a.as_ref().expect("ack").status())
+        .collect();
+    assert_eq!(statuses, vec![EventStatus::Duplicate, EventStatus::Stored]);
+
+    let stored = h.read_events("js_kpi", 2).await;
+    let ids: Vec<&str> = stored
+        .iter()
+        .map(|s| s.record.as_ref().expect("decodes").event_id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["js-1", "js-2"]);
+    assert!(
+        h.no_more_events("js_kpi", 2).await,
+        "a duplicate reached the log"
+    );
+
+    let (status, _) = kpi_test_support::http_get(&h.http_url("/readyz")).await;
+    assert_eq!(status, 200);
+    h.shutdown.trigger();
+    drop(nats);
+}
