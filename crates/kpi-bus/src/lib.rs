@@ -61,7 +61,9 @@ impl Bus {
 
     /// Connects to NATS and makes sure every stream exists with `config`.
     pub async fn connect_nats(url: &str, config: BusConfig) -> Result<Bus, BusError> {
-        Ok(Bus::Nats(std::sync::Arc::new(nats::NatsBus::connect(url, config).await?)))
+        Ok(Bus::Nats(std::sync::Arc::new(
+            nats::NatsBus::connect(url, config).await?,
+        )))
     }
 
     pub fn config(&self) -> &BusConfig {

@@ -74,11 +74,15 @@ impl MemoryBus {
         let now = Instant::now();
         if let Some((seq, at)) = st.dedup.get(&ev.event_id) {
             if now.duration_since(*at) < window {
-                return Ok(Appended { seq: *seq, duplicate: true });
+                return Ok(Appended {
+                    seq: *seq,
+                    duplicate: true,
+                });
             }
         }
         if st.dedup.len() > DEDUP_PRUNE_AT {
-            st.dedup.retain(|_, (_, at)| now.duration_since(*at) < window);
+            st.dedup
+                .retain(|_, (_, at)| now.duration_since(*at) < window);
         }
         st.last_seq += 1;
         let seq = st.last_seq;
@@ -89,10 +93,17 @@ impl MemoryBus {
             .push((seq, Bytes::from(ev.to_json())));
         drop(st);
         self.inner.appended.notify_waiters();
-        Ok(Appended { seq, duplicate: false })
+        Ok(Appended {
+            seq,
+            duplicate: false,
+        })
     }
 
-    pub(crate) async fn event_feed(&self, partition: u32, from_seq: u64) -> Result<EventFeed, BusError> {
+    pub(crate) async fn event_feed(
+        &self,
+        partition: u32,
+        from_seq: u64,
+    ) -> Result<EventFeed, BusError> {
         Ok(EventFeed {
             inner: FeedInner::Memory(MemoryFeed {
                 bus: self.clone(),
@@ -102,11 +113,19 @@ impl MemoryBus {
         })
     }
 
-    pub(crate) async fn publish_update(&self, topic: &Topic, payload: Bytes) -> Result<(), BusError> {
+    pub(crate) async fn publish_update(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
         let subject = topic.updates_subject();
         let keep = self.inner.config.updates_per_topic.max(1) as usize;
         let mut st = self.inner.state.lock();
-        push_bounded(st.updates.entry(subject.clone()).or_default(), payload.clone(), keep);
+        push_bounded(
+            st.updates.entry(subject.clone()).or_default(),
+            payload.clone(),
+            keep,
+        );
         if let Some(tx) = st.live.get(&subject) {
             if tx.send(payload).is_err() {
                 // Nobody listens any more: forget the channel, as NATS forgets interest.
@@ -116,15 +135,31 @@ impl MemoryBus {
         Ok(())
     }
 
-    pub(crate) async fn publish_history(&self, topic: &Topic, payload: Bytes) -> Result<(), BusError> {
+    pub(crate) async fn publish_history(
+        &self,
+        topic: &Topic,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
         let keep = self.inner.config.history_per_topic.max(1) as usize;
         let mut st = self.inner.state.lock();
-        push_bounded(st.history.entry(topic.history_subject()).or_default(), payload, keep);
+        push_bounded(
+            st.history.entry(topic.history_subject()).or_default(),
+            payload,
+            keep,
+        );
         Ok(())
     }
 
-    pub(crate) async fn save_checkpoint(&self, partition: u32, payload: Bytes) -> Result<(), BusError> {
-        self.inner.state.lock().checkpoints.insert(partition, payload);
+    pub(crate) async fn save_checkpoint(
+        &self,
+        partition: u32,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        self.inner
+            .state
+            .lock()
+            .checkpoints
+            .insert(partition, payload);
         Ok(())
     }
 
@@ -132,7 +167,10 @@ impl MemoryBus {
         Ok(self.inner.state.lock().checkpoints.get(&partition).cloned())
     }
 
-    pub(crate) async fn subscribe_updates(&self, topic: &Topic) -> Result<UpdateSubscription, BusError> {
+    pub(crate) async fn subscribe_updates(
+        &self,
+        topic: &Topic,
+    ) -> Result<UpdateSubscription, BusError> {
         let mut st = self.inner.state.lock();
         let rx = st
             .live
@@ -152,7 +190,11 @@ impl MemoryBus {
             .and_then(|q| q.back().cloned()))
     }
 
-    pub(crate) async fn recent_updates(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>, BusError> {
+    pub(crate) async fn recent_updates(
+        &self,
+        topic: &Topic,
+        max: usize,
+    ) -> Result<Vec<Bytes>, BusError> {
         let st = self.inner.state.lock();
         Ok(tail(st.updates.get(&topic.updates_subject()), max))
     }
@@ -186,7 +228,11 @@ fn push_bounded(q: &mut VecDeque<Bytes>, item: Bytes, keep: usize) {
 
 fn tail(q: Option<&VecDeque<Bytes>>, max: usize) -> Vec<Bytes> {
     match q {
-        Some(q) => q.iter().skip(q.len().saturating_sub(max)).cloned().collect(),
+        Some(q) => q
+            .iter()
+            .skip(q.len().saturating_sub(max))
+            .cloned()
+            .collect(),
         None => Vec::new(),
     }
 }

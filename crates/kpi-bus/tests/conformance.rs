@@ -1,0 +1,584 @@
+//! One behaviour suite run against both bus implementations: the in-memory bus and NATS JetStream.
+//!
+//! Every check is an async function taking a [`Fixture`]; the `conformance!`
+//! macro at the bottom instantiates each one twice, as `memory::<name>` and
+//! `nats::<name>`, so the two implementations cannot drift apart unnoticed.
+//! The NATS half runs against a real nats-server (the version Debian ships),
+//! one per test so that streams created with the test's limits never leak
+//! into another test.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use kpi_bus::{Bus, BusConfig, EventFeed, Live, StoredEvent, UpdateSubscription};
+use kpi_core::{partition_of, EventRecord, KpiCode, Period, Topic};
+use kpi_test_support::{NatsCluster, NatsServer};
+
+const PARTITIONS: u32 = 4;
+const UPDATES_KEPT: i64 = 5;
+const HISTORY_KEPT: i64 = 4;
+/// Anything the bus should deliver arrives well within this.
+const DELIVERY: Duration = Duration::from_secs(5);
+/// How long to watch for something that must not arrive.
+const QUIET: Duration = Duration::from_millis(300);
+
+fn config() -> BusConfig {
+    BusConfig {
+        partitions: PARTITIONS,
+        duplicate_window: Duration::from_secs(60),
+        events_max_age: Duration::from_secs(3600),
+        updates_per_topic: UPDATES_KEPT,
+        history_per_topic: HISTORY_KEPT,
+        replicas: 1,
+    }
+}
+
+/// A bus under test, with whatever is needed to observe it from outside.
+struct Fixture {
+    bus: Bus,
+    /// Held so the server lives as long as the test; `None` for the memory bus.
+    server: Option<NatsServer>,
+}
+
+impl Fixture {
+    fn memory() -> Fixture {
+        Fixture {
+            bus: Bus::memory(config()),
+            server: None,
+        }
+    }
+
+    async fn nats() -> Fixture {
+        let server = NatsServer::start();
+        let bus = Bus::connect_nats(&server.url(), config())
+            .await
+            .unwrap_or_else(|e| panic!("connecting the bus to {}: {e}", server.url()));
+        Fixture {
+            bus,
+            server: Some(server),
+        }
+    }
+
+    /// Whether anyone holds upstream interest in `subject`, as the transport
+    /// sees it: NATS's own subscription list, or the memory bus's live topics
+    /// (a count only, so tests using this subscribe to a single topic).
+    async fn has_interest(&self, subject: &str) -> bool {
+        match (&self.server, &self.bus) {
+            (Some(server), _) => server.subscriptions().await.iter().any(|s| s == subject),
+            (None, Bus::Memory(m)) => m.live_subscriptions() > 0,
+            (None, Bus::Nats(_)) => unreachable!("a NATS fixture always holds its server"),
+        }
+    }
+}
+
+fn code(raw: &str) -> KpiCode {
+    KpiCode::parse(raw).unwrap_or_else(|e| panic!("{raw:?} is not a KPI code: {e}"))
+}
+
+/// `n` codes that land in `n` different partitions.
+fn codes_in_distinct_partitions(n: usize) -> Vec<KpiCode> {
+    let mut seen = Vec::new();
+    let mut codes = Vec::new();
+    for i in 0.. {
+        let c = code(&format!("kpi_{i}"));
+        let p = partition_of(&c, PARTITIONS);
+        if !seen.contains(&p) {
+            seen.push(p);
+            codes.push(c);
+            if codes.len() == n {
+                break;
+            }
+        }
+    }
+    codes
+}
+
+fn event(id: &str, kpi: &KpiCode, value: f64) -> EventRecord {
+    let now = Utc::now();
+    EventRecord {
+        event_id: id.to_string(),
+        kpi: kpi.clone(),
+        value,
+        time: now,
+        received_at: now,
+        labels: Default::default(),
+    }
+}
+
+async fn append(bus: &Bus, ev: &EventRecord) -> kpi_bus::Appended {
+    bus.append_event(ev)
+        .await
+        .unwrap_or_else(|e| panic!("append {}: {e}", ev.event_id))
+}
+
+async fn feed(bus: &Bus, kpi: &KpiCode, from: u64) -> EventFeed {
+    bus.event_feed(partition_of(kpi, PARTITIONS), from)
+        .await
+        .unwrap_or_else(|e| panic!("event feed of {kpi}: {e}"))
+}
+
+async fn next_event(feed: &mut EventFeed) -> StoredEvent {
+    tokio::time::timeout(DELIVERY, feed.next())
+        .await
+        .expect("an event within the delivery time")
+        .expect("the feed is open")
+        .unwrap_or_else(|e| panic!("reading the feed: {e}"))
+}
+
+/// Reads `n` events and returns (seq, pending, event_id, value) of each.
+async fn read_events(feed: &mut EventFeed, n: usize) -> Vec<(u64, u64, String, f64)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let e = next_event(feed).await;
+        let rec = e
+            .record
+            .unwrap_or_else(|err| panic!("undecodable event at {}: {err}", e.seq));
+        out.push((e.seq, e.pending, rec.event_id, rec.value));
+    }
+    out
+}
+
+async fn assert_feed_quiet(feed: &mut EventFeed) {
+    if let Ok(Some(e)) = tokio::time::timeout(QUIET, feed.next()).await {
+        panic!("unexpected event on the feed: {e:?}");
+    }
+}
+
+async fn next_live(sub: &mut UpdateSubscription) -> Bytes {
+    match tokio::time::timeout(DELIVERY, sub.next()).await {
+        Ok(Some(Live::Message(b))) => b,
+        Ok(Some(Live::Gap)) => panic!("unexpected gap on a subscription that kept up"),
+        Ok(None) => panic!("subscription closed"),
+        Err(_) => panic!("no live message within {DELIVERY:?}"),
+    }
+}
+
+fn topic(kpi: &str, period: Period) -> Topic {
+    Topic::new(code(kpi), period)
+}
+
+fn bytes_of(items: &[&str]) -> Vec<Bytes> {
+    items
+        .iter()
+        .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+        .collect()
+}
+
+// ---- the suite ----
+
+async fn append_assigns_increasing_seqs_and_reports_duplicates(fx: Fixture) {
+    let bus = &fx.bus;
+    assert!(bus.is_connected());
+    let kpi = code("orders");
+    let first = append(bus, &event("e1", &kpi, 1.0)).await;
+    let second = append(bus, &event("e2", &kpi, 2.0)).await;
+    assert!(!first.duplicate && !second.duplicate);
+    assert!(second.seq > first.seq, "{second:?} after {first:?}");
+
+    // A retry of e1, even with a different payload, is recognised by its id
+    // and points at the original.
+    let retry = append(bus, &event("e1", &kpi, 99.0)).await;
+    assert!(
+        retry.duplicate,
+        "a repeated event_id must be reported as duplicate"
+    );
+    assert_eq!(
+        retry.seq, first.seq,
+        "a duplicate reports where the original landed"
+    );
+
+    // Nothing new was stored: the log holds e1 (with its first value) and e2.
+    let mut f = feed(bus, &kpi, 1).await;
+    let got = read_events(&mut f, 2).await;
+    assert_eq!(got[0], (first.seq, 1, "e1".into(), 1.0));
+    assert_eq!(got[1], (second.seq, 0, "e2".into(), 2.0));
+    assert_feed_quiet(&mut f).await;
+
+    let third = append(bus, &event("e3", &kpi, 3.0)).await;
+    assert!(!third.duplicate && third.seq > second.seq);
+}
+
+async fn event_feed_reads_one_partition_in_order_with_pending(fx: Fixture) {
+    let bus = &fx.bus;
+    let codes = codes_in_distinct_partitions(2);
+    let (a, b) = (&codes[0], &codes[1]);
+    let a1 = append(bus, &event("a1", a, 1.0)).await;
+    let b1 = append(bus, &event("b1", b, 10.0)).await;
+    let a2 = append(bus, &event("a2", a, 2.0)).await;
+    let a3 = append(bus, &event("a3", a, 3.0)).await;
+    let b2 = append(bus, &event("b2", b, 20.0)).await;
+
+    let mut fa = feed(bus, a, 1).await;
+    let got = read_events(&mut fa, 3).await;
+    assert_eq!(
+        got,
+        vec![
+            (a1.seq, 2, "a1".into(), 1.0),
+            (a2.seq, 1, "a2".into(), 2.0),
+            (a3.seq, 0, "a3".into(), 3.0),
+        ],
+        "partition A in log order, pending counting down to 0, no B events"
+    );
+    assert_feed_quiet(&mut fa).await;
+
+    // The feed keeps following the log.
+    let a4 = append(bus, &event("a4", a, 4.0)).await;
+    assert_eq!(
+        read_events(&mut fa, 1).await,
+        vec![(a4.seq, 0, "a4".into(), 4.0)]
+    );
+
+    let mut fb = feed(bus, b, 1).await;
+    assert_eq!(
+        read_events(&mut fb, 2).await,
+        vec![
+            (b1.seq, 1, "b1".into(), 10.0),
+            (b2.seq, 0, "b2".into(), 20.0)
+        ]
+    );
+    assert_feed_quiet(&mut fb).await;
+}
+
+async fn event_feed_resumes_from_a_seq(fx: Fixture) {
+    let bus = &fx.bus;
+    let codes = codes_in_distinct_partitions(2);
+    let (a, b) = (&codes[0], &codes[1]);
+    let _a1 = append(bus, &event("a1", a, 1.0)).await;
+    let a2 = append(bus, &event("a2", a, 2.0)).await;
+    let b1 = append(bus, &event("b1", b, 10.0)).await;
+    let a3 = append(bus, &event("a3", a, 3.0)).await;
+    let a4 = append(bus, &event("a4", a, 4.0)).await;
+
+    // Resuming after a checkpoint: from the position after the last one seen.
+    let mut f = feed(bus, a, a2.seq + 1).await;
+    assert_eq!(
+        read_events(&mut f, 2).await,
+        vec![(a3.seq, 1, "a3".into(), 3.0), (a4.seq, 0, "a4".into(), 4.0)]
+    );
+    assert_feed_quiet(&mut f).await;
+
+    // A start position that belongs to another partition's event is fine.
+    let mut f = feed(bus, a, b1.seq).await;
+    assert_eq!(read_events(&mut f, 1).await[0].0, a3.seq);
+
+    // Past the end: nothing until something new arrives.
+    let mut f = feed(bus, a, a4.seq + 1).await;
+    assert_feed_quiet(&mut f).await;
+    let a5 = append(bus, &event("a5", a, 5.0)).await;
+    assert_eq!(
+        read_events(&mut f, 1).await,
+        vec![(a5.seq, 0, "a5".into(), 5.0)]
+    );
+}
+
+async fn publish_update_reaches_a_live_subscription(fx: Fixture) {
+    let bus = &fx.bus;
+    let t = topic("revenue", Period::Minute);
+    let other = topic("revenue", Period::Hour);
+    let mut sub = bus.subscribe_updates(&t).await.expect("subscribe");
+    let mut other_sub = bus
+        .subscribe_updates(&other)
+        .await
+        .expect("subscribe other");
+    bus.publish_update(&t, Bytes::from_static(b"u1"))
+        .await
+        .expect("publish");
+    bus.publish_update(&t, Bytes::from_static(b"u2"))
+        .await
+        .expect("publish");
+    assert_eq!(next_live(&mut sub).await, "u1");
+    assert_eq!(next_live(&mut sub).await, "u2");
+    // Another period of the same KPI is another topic.
+    if let Ok(Some(m)) = tokio::time::timeout(QUIET, other_sub.next()).await {
+        panic!("an update of {t} reached a subscriber of {other}: {m:?}");
+    }
+}
+
+async fn last_and_recent_updates_return_the_newest(fx: Fixture) {
+    let bus = &fx.bus;
+    let t = topic("signups", Period::Minute);
+    assert_eq!(bus.last_update(&t).await.expect("last"), None);
+    assert!(bus.recent_updates(&t, 10).await.expect("recent").is_empty());
+
+    for u in ["u1", "u2", "u3"] {
+        bus.publish_update(&t, Bytes::from(u))
+            .await
+            .expect("publish");
+    }
+    assert_eq!(
+        bus.last_update(&t).await.expect("last").as_deref(),
+        Some(&b"u3"[..])
+    );
+    assert_eq!(
+        bus.recent_updates(&t, 2).await.expect("recent"),
+        bytes_of(&["u2", "u3"])
+    );
+    assert_eq!(
+        bus.recent_updates(&t, 10).await.expect("recent"),
+        bytes_of(&["u1", "u2", "u3"])
+    );
+    assert!(bus.recent_updates(&t, 0).await.expect("recent").is_empty());
+
+    // Topics do not share storage, nor do updates and history.
+    let hour = topic("signups", Period::Hour);
+    assert_eq!(bus.last_update(&hour).await.expect("last"), None);
+    assert!(bus.history(&t, 10).await.expect("history").is_empty());
+}
+
+async fn updates_kept_per_topic_are_bounded(fx: Fixture) {
+    let bus = &fx.bus;
+    let t = topic("clicks", Period::Day);
+    let other = topic("views", Period::Day);
+    bus.publish_update(&other, Bytes::from_static(b"v1"))
+        .await
+        .expect("publish");
+    let all: Vec<String> = (1..=8).map(|i| format!("u{i}")).collect();
+    for u in &all {
+        bus.publish_update(&t, Bytes::from(u.clone()))
+            .await
+            .expect("publish");
+    }
+    let kept = bus.recent_updates(&t, 100).await.expect("recent");
+    let want: Vec<&str> = all[all.len() - UPDATES_KEPT as usize..]
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        kept,
+        bytes_of(&want),
+        "only the newest {UPDATES_KEPT} are kept, oldest first"
+    );
+    assert_eq!(
+        bus.last_update(&t).await.expect("last").as_deref(),
+        Some(&b"u8"[..])
+    );
+    // The bound is per topic: another topic's update was not pushed out.
+    assert_eq!(
+        bus.recent_updates(&other, 100).await.expect("recent"),
+        bytes_of(&["v1"])
+    );
+}
+
+async fn history_is_bounded_and_newest_last(fx: Fixture) {
+    let bus = &fx.bus;
+    let t = topic("latency_ms", Period::Minute);
+    assert!(bus.history(&t, 10).await.expect("history").is_empty());
+    for i in 1..=6 {
+        bus.publish_history(&t, Bytes::from(format!("h{i}")))
+            .await
+            .expect("publish history");
+    }
+    assert_eq!(
+        bus.history(&t, 100).await.expect("history"),
+        bytes_of(&["h3", "h4", "h5", "h6"])
+    );
+    assert_eq!(
+        bus.history(&t, 2).await.expect("history"),
+        bytes_of(&["h5", "h6"])
+    );
+    // Closed buckets are not live updates.
+    assert_eq!(bus.last_update(&t).await.expect("last"), None);
+    assert!(bus
+        .history(&topic("latency_ms", Period::Hour), 10)
+        .await
+        .expect("history")
+        .is_empty());
+}
+
+async fn checkpoints_are_saved_loaded_and_replaced(fx: Fixture) {
+    let bus = &fx.bus;
+    assert_eq!(bus.load_checkpoint(0).await.expect("load"), None);
+    bus.save_checkpoint(0, Bytes::from_static(b"p0-a"))
+        .await
+        .expect("save");
+    bus.save_checkpoint(1, Bytes::from_static(b"p1-a"))
+        .await
+        .expect("save");
+    bus.save_checkpoint(0, Bytes::from_static(b"p0-b"))
+        .await
+        .expect("save");
+    assert_eq!(
+        bus.load_checkpoint(0).await.expect("load").as_deref(),
+        Some(&b"p0-b"[..])
+    );
+    assert_eq!(
+        bus.load_checkpoint(1).await.expect("load").as_deref(),
+        Some(&b"p1-a"[..])
+    );
+    assert_eq!(bus.load_checkpoint(2).await.expect("load"), None);
+}
+
+async fn dropping_a_subscription_removes_interest(fx: Fixture) {
+    let bus = &fx.bus;
+    let t = topic("conversions", Period::Hour);
+    let subject = t.updates_subject();
+    assert!(!fx.has_interest(&subject).await);
+    let sub = bus.subscribe_updates(&t).await.expect("subscribe");
+    // NATS processes SUB asynchronously too; wait for it to show.
+    wait_for_interest(&fx, &subject, true).await;
+    drop(sub);
+    wait_for_interest(&fx, &subject, false).await;
+}
+
+async fn wait_for_interest(fx: &Fixture, subject: &str, want: bool) {
+    let deadline = tokio::time::Instant::now() + DELIVERY;
+    while fx.has_interest(subject).await != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "interest in {subject} should be {want} within {DELIVERY:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn broadcast_reaches_every_broadcast_subscriber(fx: Fixture) {
+    let bus = &fx.bus;
+    let mut s1 = bus
+        .subscribe_broadcast()
+        .await
+        .expect("subscribe broadcast");
+    let mut s2 = bus
+        .subscribe_broadcast()
+        .await
+        .expect("subscribe broadcast");
+    let mut updates = bus
+        .subscribe_updates(&topic("x", Period::Minute))
+        .await
+        .expect("subscribe");
+    bus.broadcast(Bytes::from_static(b"drain"))
+        .await
+        .expect("broadcast");
+    assert_eq!(next_live(&mut s1).await, "drain");
+    assert_eq!(next_live(&mut s2).await, "drain");
+    if let Ok(Some(m)) = tokio::time::timeout(QUIET, updates.next()).await {
+        panic!("a broadcast reached an update subscription: {m:?}");
+    }
+    // Broadcasts are not stored: a later subscriber sees only later ones.
+    let mut late = bus
+        .subscribe_broadcast()
+        .await
+        .expect("subscribe broadcast");
+    bus.broadcast(Bytes::from_static(b"second"))
+        .await
+        .expect("broadcast");
+    assert_eq!(next_live(&mut late).await, "second");
+}
+
+/// NATS only (the memory bus has no server to lose): a feed keeps going across
+/// a nats-server crash and restart, handing out the next event exactly once.
+/// The server forgets the feed's ephemeral consumer; the feed must notice and
+/// reopen it from where it was, which is what the aggregator relies on.
+#[tokio::test]
+async fn nats_event_feed_survives_a_server_restart() {
+    let mut fx = Fixture::nats().await;
+    let kpi = code("restart_kpi");
+    let before = append(&fx.bus, &event("r1", &kpi, 1.0)).await;
+    let mut f = feed(&fx.bus, &kpi, 1).await;
+    assert_eq!(read_events(&mut f, 1).await[0].0, before.seq);
+
+    let server = fx.server.as_mut().expect("a NATS fixture holds its server");
+    server.kill();
+    server.restart();
+
+    // The client reconnects on its own schedule; retry the append meanwhile.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        match fx.bus.append_event(&event("r2", &kpi, 2.0)).await {
+            Ok(a) => break a,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("append while reconnecting: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the bus did not come back after a server restart: {e}"),
+        }
+    };
+    assert!(after.seq > before.seq);
+
+    // Errors while the consumer is reopened are reported, then the feed
+    // continues with exactly the next event.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, f.next()).await {
+            Ok(Some(Ok(e))) => {
+                assert_eq!(
+                    (e.seq, e.pending),
+                    (after.seq, 0),
+                    "the event after the restart, once"
+                );
+                break;
+            }
+            Ok(Some(Err(e))) => eprintln!("feed error while the server restarted: {e}"),
+            Ok(None) => panic!("the feed ended after a server restart"),
+            Err(_) => panic!("the feed did not resume within 40 s of a server restart"),
+        }
+    }
+    assert_feed_quiet(&mut f).await;
+}
+
+/// NATS only: the bus takes a cluster's comma-separated URL list and lays its
+/// streams out with three replicas.
+#[tokio::test]
+async fn nats_bus_runs_on_a_three_node_cluster() {
+    let cluster = NatsCluster::start(3);
+    let bus = Bus::connect_nats(
+        &cluster.urls(),
+        BusConfig {
+            replicas: 3,
+            ..config()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connecting the bus to {}: {e}", cluster.urls()));
+    let kpi = code("clustered");
+    let a = append(&bus, &event("c1", &kpi, 1.0)).await;
+    assert!(append(&bus, &event("c1", &kpi, 1.0)).await.duplicate);
+    let mut f = feed(&bus, &kpi, 1).await;
+    assert_eq!(
+        read_events(&mut f, 1).await,
+        vec![(a.seq, 0, "c1".into(), 1.0)]
+    );
+    let t = topic("clustered", Period::Minute);
+    bus.publish_update(&t, Bytes::from_static(b"u1"))
+        .await
+        .expect("publish");
+    assert_eq!(
+        bus.recent_updates(&t, 5).await.expect("recent"),
+        bytes_of(&["u1"])
+    );
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Fixture::memory()).await;
+                }
+            )*
+        }
+        mod nats {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Fixture::nats().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    append_assigns_increasing_seqs_and_reports_duplicates,
+    event_feed_reads_one_partition_in_order_with_pending,
+    event_feed_resumes_from_a_seq,
+    publish_update_reaches_a_live_subscription,
+    last_and_recent_updates_return_the_newest,
+    updates_kept_per_topic_are_bounded,
+    history_is_bounded_and_newest_last,
+    checkpoints_are_saved_loaded_and_replaced,
+    dropping_a_subscription_removes_interest,
+    broadcast_reaches_every_broadcast_subscriber,
+);
