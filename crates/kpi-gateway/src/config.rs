@@ -1,0 +1,218 @@
+//! Settings: the clap command line of the binary and the plain struct `run` takes.
+//!
+//! `kpi-stack` builds a [`GatewaySettings`] itself (it has its own flags), so
+//! only [`Cli`] knows about clap; [`GatewaySettings::validate`] runs before
+//! anything is bound so a bad value stops the process with a clear message.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+
+use crate::GatewayError;
+
+/// `kpi-gateway`'s flags; each has a `KPI_...` environment fallback.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kpi-gateway", about = "kpistream WebSocket/SSE/HTTP gateway")]
+pub struct Cli {
+    /// HTTP and WebSocket address.
+    #[arg(long, env = "KPI_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// NATS server(s) the aggregator publishes to.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: String,
+    /// Aggregator partitions (must match the other services).
+    #[arg(long, env = "KPI_PARTITIONS", default_value_t = 4)]
+    pub partitions: u32,
+    /// How long a topic nobody watches keeps its upstream subscription, in ms.
+    #[arg(long, env = "KPI_LINGER_MS", default_value_t = 5000)]
+    pub linger_ms: u64,
+    /// Messages queued per connection before updates are conflated.
+    #[arg(long, env = "KPI_QUEUE_CAPACITY", default_value_t = 256)]
+    pub queue_capacity: usize,
+    #[arg(long, env = "KPI_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+    /// Subscriptions per `/ws` connection.
+    #[arg(long, env = "KPI_MAX_SUBSCRIPTIONS", default_value_t = 200)]
+    pub max_subscriptions: usize,
+    /// Inbound messages per second per connection (bursts of twice that).
+    #[arg(long, env = "KPI_MAX_MESSAGES_PER_SEC", default_value_t = 50)]
+    pub max_messages_per_sec: u32,
+    #[arg(long, env = "KPI_MAX_FRAME_BYTES", default_value_t = 65_536)]
+    pub max_frame_bytes: usize,
+    #[arg(long, env = "KPI_PING_INTERVAL_SECS", default_value_t = 20)]
+    pub ping_interval_secs: u64,
+    /// A peer silent (no pong, no frame) this long is dropped.
+    #[arg(long, env = "KPI_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// A client whose queue stays full this long is closed (4008).
+    #[arg(long, env = "KPI_STUCK_TIMEOUT_SECS", default_value_t = 30)]
+    pub stuck_timeout_secs: u64,
+    /// On shutdown, how long connections get to finish.
+    #[arg(long, env = "KPI_DRAIN_SECS", default_value_t = 10)]
+    pub drain_secs: u64,
+    #[arg(long, env = "KPI_SSE_KEEPALIVE_SECS", default_value_t = 15)]
+    pub sse_keepalive_secs: u64,
+    #[arg(long, env = "KPI_POLL_MAX_WAIT_SECS", default_value_t = 30)]
+    pub poll_max_wait_secs: u64,
+    /// Updates kept per topic in memory for `since` resumes.
+    #[arg(long, env = "KPI_RESUME_WINDOW", default_value_t = 256)]
+    pub resume_window: usize,
+    /// Serve clients without a token (JWT access comes later).
+    #[arg(long, env = "KPI_ALLOW_ANONYMOUS", default_value_t = true, action = ArgAction::Set)]
+    pub allow_anonymous: bool,
+}
+
+impl Cli {
+    /// The part of the flags `run` needs.
+    pub fn settings(&self) -> GatewaySettings {
+        GatewaySettings {
+            linger: Duration::from_millis(self.linger_ms),
+            queue_capacity: self.queue_capacity,
+            max_connections: self.max_connections,
+            max_subscriptions: self.max_subscriptions,
+            max_messages_per_sec: self.max_messages_per_sec,
+            max_frame_bytes: self.max_frame_bytes,
+            ping_interval: Duration::from_secs(self.ping_interval_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            stuck_timeout: Duration::from_secs(self.stuck_timeout_secs),
+            drain: Duration::from_secs(self.drain_secs),
+            sse_keepalive: Duration::from_secs(self.sse_keepalive_secs),
+            poll_max_wait: Duration::from_secs(self.poll_max_wait_secs),
+            resume_window: self.resume_window,
+            allow_anonymous: self.allow_anonymous,
+        }
+    }
+}
+
+/// Everything [`crate::run`] needs besides a listener, a bus and a shutdown signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySettings {
+    /// Upstream subscription kept this long after the last local subscriber leaves.
+    pub linger: Duration,
+    /// Queued messages per connection before conflation.
+    pub queue_capacity: usize,
+    /// WebSocket (both kinds) plus SSE connections.
+    pub max_connections: usize,
+    /// Subscriptions per `/ws` connection.
+    pub max_subscriptions: usize,
+    /// Inbound client messages per second per connection; bursts of twice that.
+    pub max_messages_per_sec: u32,
+    /// Largest inbound WebSocket frame and message.
+    pub max_frame_bytes: usize,
+    pub ping_interval: Duration,
+    /// A peer silent this long (no pong, no frame) is dropped.
+    pub idle_timeout: Duration,
+    /// A connection whose queue stays full this long is closed with 4008.
+    pub stuck_timeout: Duration,
+    /// How long `run` waits for connections to finish on shutdown.
+    pub drain: Duration,
+    pub sse_keepalive: Duration,
+    /// Upper bound of `wait` on the polling endpoint.
+    pub poll_max_wait: Duration,
+    /// Updates kept per topic in memory for `since` resumes.
+    pub resume_window: usize,
+    pub allow_anonymous: bool,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            linger: Duration::from_millis(5000),
+            queue_capacity: 256,
+            max_connections: 20_000,
+            max_subscriptions: 200,
+            max_messages_per_sec: 50,
+            max_frame_bytes: 65_536,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            stuck_timeout: Duration::from_secs(30),
+            drain: Duration::from_secs(10),
+            sse_keepalive: Duration::from_secs(15),
+            poll_max_wait: Duration::from_secs(30),
+            resume_window: 256,
+            allow_anonymous: true,
+        }
+    }
+}
+
+impl GatewaySettings {
+    /// Refuses values that would make the gateway misbehave rather than fail.
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        let bad = |why: &str| Err(GatewayError::Config(why.to_string()));
+        if self.queue_capacity == 0 {
+            return bad("queue capacity must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return bad("max connections must be at least 1");
+        }
+        if self.max_subscriptions == 0 {
+            return bad("max subscriptions must be at least 1");
+        }
+        if self.max_messages_per_sec == 0 {
+            return bad("max messages per second must be at least 1");
+        }
+        if self.max_frame_bytes < 256 {
+            return bad("max frame bytes must be at least 256");
+        }
+        if self.ping_interval.is_zero() || self.sse_keepalive.is_zero() {
+            return bad("ping interval and SSE keep-alive must be positive");
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return bad(
+                "idle timeout must be longer than the ping interval, or every peer is reaped",
+            );
+        }
+        if self.stuck_timeout.is_zero() {
+            return bad("stuck timeout must be positive");
+        }
+        if self.resume_window == 0 || self.resume_window > 100_000 {
+            return bad("resume window must be between 1 and 100000");
+        }
+        if !self.allow_anonymous {
+            // Refusing to start beats silently serving everyone.
+            return bad("token authentication is not implemented yet; allow anonymous access");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_flags() {
+        let cli =
+            Cli::try_parse_from(["kpi-gateway", "--nats-url", "nats://x:4222"]).expect("parse");
+        assert_eq!(cli.settings(), GatewaySettings::default());
+        assert_eq!(cli.listen.port(), 8080);
+        assert!(GatewaySettings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        let s = GatewaySettings {
+            queue_capacity: 0,
+            ..Default::default()
+        };
+        assert!(s.validate().is_err());
+        let s = GatewaySettings {
+            idle_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        assert!(s.validate().is_err());
+        let s = GatewaySettings {
+            allow_anonymous: false,
+            ..Default::default()
+        };
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn allow_anonymous_takes_a_value() {
+        let cli = Cli::try_parse_from(["g", "--nats-url", "n", "--allow-anonymous", "false"])
+            .expect("parse");
+        assert!(!cli.allow_anonymous);
+    }
+}

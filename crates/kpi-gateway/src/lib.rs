@@ -1,0 +1,29 @@
+//! kpistream's gateway: WebSocket, SSE and HTTP endpoints that keep dashboards live.
+//!
+//! One [`hub::Hub`] per process holds the topics local clients watch, each
+//! with one upstream bus subscription, a ring of recent updates and the list
+//! of connections to fan out to. Every connection owns an [`outbox::Outbox`]:
+//! a bounded queue that conflates instead of growing, so a slow client costs a
+//! fixed amount of memory. Transports (`ws`, `ws_mux`, `sse`, `api`) only
+//! translate between their wire format and hub subscriptions.
+
+pub mod api;
+pub mod close_codes;
+pub mod config;
+mod connection;
+pub mod error;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod outbox;
+pub mod rate;
+mod request;
+pub mod server;
+pub mod sse;
+pub mod topic;
+pub mod ws;
+pub mod ws_mux;
+
+pub use config::{Cli, GatewaySettings};
+pub use error::GatewayError;
+pub use server::run;

@@ -1,0 +1,520 @@
+//! A connection's bounded outgoing queue that conflates instead of growing.
+//!
+//! The hub pushes into an outbox while holding a topic's lock, so pushing
+//! never waits: when the queue holds `capacity` data messages, a new update is
+//! not queued, its subscription is only marked dirty. When the writer has
+//! drained the queue it sends the topic's *current* latest value for every
+//! dirty subscription. The writer remembers the last `seq` it sent per
+//! subscription and never sends one that is not greater, so a client never
+//! sees an older value after a newer one nor the same one twice, and memory
+//! per connection is bounded by `capacity` whatever the publish rate.
+//!
+//! Pausing (one subscription or the whole connection) uses the same path:
+//! updates are not queued but mark the subscription dirty, and resuming sends
+//! the latest value if it is newer than what the client last saw.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::topic::TopicShared;
+
+/// Identifies one subscription within one connection.
+pub type SubId = u64;
+
+/// Replies and errors allowed beyond the data capacity. They are produced
+/// only in answer to (rate-limited) client messages, so a client that sends
+/// requests and never reads hits this and is closed as a slow consumer.
+const CONTROL_SLACK: usize = 64;
+
+/// What the writer sends next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Out {
+    /// A snapshot or update of one subscription; `seq` is its `seq`.
+    Data { seq: u64, bytes: Bytes },
+    /// A reply or error message, already JSON.
+    Control(Bytes),
+    /// A WebSocket ping (transports without pings ignore it).
+    Ping,
+    /// Send `error` (if any), then close with `code` and `reason`, then stop.
+    Close {
+        code: u16,
+        reason: &'static str,
+        error: Option<Bytes>,
+    },
+}
+
+enum Item {
+    Data {
+        sub: SubId,
+        seq: u64,
+        bytes: Bytes,
+        snapshot: bool,
+    },
+    Control(Bytes),
+    Ping,
+}
+
+struct SubState {
+    // Weak: the topic holds this outbox, a strong link back would be a cycle.
+    topic: Weak<TopicShared>,
+    /// Highest seq written for this subscription; `None` until its snapshot
+    /// (a plain subscription must start with one).
+    last_sent: Option<u64>,
+    /// An update was not queued (full or paused): send the latest when possible.
+    dirty: bool,
+    paused: bool,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Item>,
+    /// Data items in `queue` (control items are counted apart).
+    data_len: usize,
+    ping_queued: bool,
+    /// Values already checked against `last_sent`, to go out before the queue.
+    ready: VecDeque<(u64, Bytes)>,
+    subs: HashMap<SubId, SubState>,
+    paused: bool,
+    /// Since when the oldest queued item has waited without the writer taking
+    /// anything: the writer is blocked on a client that does not read.
+    waiting_since: Option<Instant>,
+    close: Option<Out>,
+    finished: bool,
+}
+
+struct Shared {
+    id: u64,
+    capacity: usize,
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+/// One connection's queue; clones share it. One task consumes it ([`Outbox::next`]).
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Shared>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Self {
+        Outbox {
+            inner: Arc::new(Shared {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                capacity: capacity.max(1),
+                state: Mutex::new(State::default()),
+                notify: Notify::new(),
+            }),
+        }
+    }
+
+    /// Unique per outbox, so topics can key subscribers by (outbox, sub).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    pub(crate) fn add_sub(&self, sub: SubId, topic: Weak<TopicShared>, last_sent: Option<u64>) {
+        self.inner.state.lock().subs.insert(
+            sub,
+            SubState {
+                topic,
+                last_sent,
+                dirty: false,
+                paused: false,
+            },
+        );
+    }
+
+    pub(crate) fn remove_sub(&self, sub: SubId) {
+        // Queued items of a removed subscription are skipped by the writer.
+        self.inner.state.lock().subs.remove(&sub);
+    }
+
+    /// Queues a data message, or marks its subscription dirty when the queue
+    /// is full or the subscription is paused. Never blocks, never grows past capacity.
+    pub(crate) fn push_data(&self, sub: SubId, seq: u64, bytes: Bytes, snapshot: bool) {
+        let mut guard = self.inner.state.lock();
+        let st = &mut *guard;
+        if st.close.is_some() || st.finished {
+            return;
+        }
+        let Some(s) = st.subs.get_mut(&sub) else {
+            return;
+        };
+        if st.paused || s.paused {
+            s.dirty = true;
+            crate::metrics::conflated();
+            return;
+        }
+        if st.data_len >= self.inner.capacity {
+            s.dirty = true;
+            crate::metrics::conflated();
+            return;
+        }
+        // Whatever was missed before is older than this one, which will go out.
+        if s.last_sent.is_some() {
+            s.dirty = false;
+        }
+        st.waiting_since.get_or_insert_with(Instant::now);
+        st.queue.push_back(Item::Data {
+            sub,
+            seq,
+            bytes,
+            snapshot,
+        });
+        st.data_len += 1;
+        drop(guard);
+        self.inner.notify.notify_one();
+    }
+
+    /// Queues a reply. False when the client has left too many unread, in
+    /// which case the caller should close it as a slow consumer.
+    pub fn push_control(&self, bytes: Bytes) -> bool {
+        let mut st = self.inner.state.lock();
+        if st.close.is_some() || st.finished {
+            return true;
+        }
+        if st.queue.len() - st.data_len >= CONTROL_SLACK {
+            return false;
+        }
+        st.waiting_since.get_or_insert_with(Instant::now);
+        st.queue.push_back(Item::Control(bytes));
+        drop(st);
+        self.inner.notify.notify_one();
+        true
+    }
+
+    /// Queues a ping unless one is already waiting.
+    pub fn push_ping(&self) {
+        let mut st = self.inner.state.lock();
+        if st.ping_queued || st.close.is_some() || st.finished {
+            return;
+        }
+        st.ping_queued = true;
+        st.waiting_since.get_or_insert_with(Instant::now);
+        st.queue.push_back(Item::Ping);
+        drop(st);
+        self.inner.notify.notify_one();
+    }
+
+    /// Asks the writer to close; queued messages are dropped. The first request wins.
+    pub fn close(&self, code: u16, reason: &'static str, error: Option<Bytes>) {
+        let mut st = self.inner.state.lock();
+        if st.close.is_none() && !st.finished {
+            st.close = Some(Out::Close {
+                code,
+                reason,
+                error,
+            });
+        }
+        drop(st);
+        self.inner.notify.notify_one();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        let st = self.inner.state.lock();
+        st.close.is_some() || st.finished
+    }
+
+    /// Pauses one subscription, or the whole connection with `None`.
+    /// False when that subscription does not exist.
+    pub fn pause(&self, sub: Option<SubId>) -> bool {
+        self.set_paused(sub, true)
+    }
+
+    /// Resumes; the latest value goes out if newer than the last one sent.
+    pub fn resume(&self, sub: Option<SubId>) -> bool {
+        let ok = self.set_paused(sub, false);
+        self.inner.notify.notify_one();
+        ok
+    }
+
+    fn set_paused(&self, sub: Option<SubId>, paused: bool) -> bool {
+        let mut st = self.inner.state.lock();
+        match sub {
+            None => {
+                st.paused = paused;
+                if !paused {
+                    // Anything that arrived meanwhile was marked dirty; also
+                    // recheck everything in case the marks were consumed.
+                    st.subs.values_mut().for_each(|s| s.dirty = true);
+                }
+                true
+            }
+            Some(id) => match st.subs.get_mut(&id) {
+                Some(s) => {
+                    s.paused = paused;
+                    if !paused {
+                        s.dirty = true;
+                    }
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    /// How long queued messages have waited without the writer taking any:
+    /// the time a client has not been reading while it had something to read.
+    /// (A writer blocked on a full socket takes nothing, so this grows while
+    /// the queue fills up and then conflates.)
+    pub fn stalled_for(&self) -> Option<Duration> {
+        self.inner.state.lock().waiting_since.map(|t| t.elapsed())
+    }
+
+    /// Data messages queued now (for tests and bounds checks).
+    pub fn queued(&self) -> usize {
+        self.inner.state.lock().data_len
+    }
+
+    /// The next thing to send; waits for one. `None` once a close was handed out.
+    pub async fn next(&self) -> Option<Out> {
+        loop {
+            let notified = self.inner.notify.notified();
+            if let Some(out) = self.try_next() {
+                return Some(out);
+            }
+            if self.inner.state.lock().finished {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    /// The next thing to send if there is one now.
+    pub fn try_next(&self) -> Option<Out> {
+        let dirty = {
+            let mut guard = self.inner.state.lock();
+            let st = &mut *guard;
+            if st.finished {
+                return None;
+            }
+            if let Some(close) = st.close.take() {
+                st.finished = true;
+                st.queue.clear();
+                st.waiting_since = None;
+                st.ready.clear();
+                st.data_len = 0;
+                return Some(close);
+            }
+            if let Some((seq, bytes)) = st.ready.pop_front() {
+                return Some(Out::Data { seq, bytes });
+            }
+            while let Some(item) = st.queue.pop_front() {
+                // The writer is taking: the clock restarts for what remains.
+                st.waiting_since = (!st.queue.is_empty()).then(Instant::now);
+                match item {
+                    Item::Control(b) => return Some(Out::Control(b)),
+                    Item::Ping => {
+                        st.ping_queued = false;
+                        return Some(Out::Ping);
+                    }
+                    Item::Data {
+                        sub,
+                        seq,
+                        bytes,
+                        snapshot,
+                    } => {
+                        st.data_len -= 1;
+                        let Some(s) = st.subs.get_mut(&sub) else {
+                            continue;
+                        };
+                        if st.paused || s.paused {
+                            s.dirty = true;
+                            continue;
+                        }
+                        match s.last_sent {
+                            // The first message of a subscription must be a
+                            // snapshot; the dirty path will fetch one.
+                            None if !snapshot => {
+                                s.dirty = true;
+                                continue;
+                            }
+                            Some(last) if seq <= last => continue,
+                            _ => {}
+                        }
+                        s.last_sent = Some(seq);
+                        return Some(Out::Data { seq, bytes });
+                    }
+                }
+            }
+            if st.paused {
+                return None;
+            }
+            let mut dirty = Vec::new();
+            for (id, s) in st.subs.iter_mut() {
+                if s.dirty && !s.paused {
+                    s.dirty = false;
+                    dirty.push((*id, s.topic.clone(), s.last_sent));
+                }
+            }
+            dirty
+        };
+        if dirty.is_empty() {
+            return None;
+        }
+        // Read the topics without holding our lock: the hub locks topic then
+        // outbox, so the reverse order here could deadlock.
+        let mut found = Vec::new();
+        for (id, topic, last) in dirty {
+            let Some(topic) = topic.upgrade() else {
+                continue;
+            };
+            let candidate = match last {
+                None => Some(topic.snapshot()),
+                Some(last) => topic.latest_update().filter(|(seq, _)| *seq > last),
+            };
+            if let Some(c) = candidate {
+                found.push((id, c));
+            }
+        }
+        let mut guard = self.inner.state.lock();
+        let st = &mut *guard;
+        for (id, (seq, bytes)) in found {
+            let paused = st.paused;
+            let Some(s) = st.subs.get_mut(&id) else {
+                continue;
+            };
+            if paused || s.paused {
+                s.dirty = true;
+                continue;
+            }
+            // Re-checked: the writer is the only one moving last_sent, but a
+            // resubscription could have replaced the entry meanwhile.
+            if s.last_sent.is_none_or(|last| seq > last) {
+                s.last_sent = Some(seq);
+                st.ready.push_back((seq, bytes));
+            }
+        }
+        let out = st
+            .ready
+            .pop_front()
+            .map(|(seq, bytes)| Out::Data { seq, bytes });
+        drop(guard);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::{Start, TopicShared};
+    use kpi_core::{KpiCode, Period, Topic, UpdateKind, UpdateMessage};
+
+    fn topic() -> Arc<TopicShared> {
+        TopicShared::new(
+            Topic::new(KpiCode::parse("k").expect("code"), Period::Minute),
+            64,
+        )
+    }
+
+    fn update(seq: u64) -> (u64, Bytes) {
+        let mut m = UpdateMessage::empty(
+            KpiCode::parse("k").expect("code"),
+            Period::Minute,
+            chrono::Utc::now(),
+        );
+        m.kind = UpdateKind::Update;
+        m.seq = seq;
+        (seq, Bytes::from(m.to_json()))
+    }
+
+    fn seqs(o: &Outbox) -> Vec<u64> {
+        let mut v = Vec::new();
+        while let Some(out) = o.try_next() {
+            if let Out::Data { seq, .. } = out {
+                v.push(seq);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn a_full_queue_conflates_to_the_latest_and_stays_bounded() {
+        let t = topic();
+        let o = Outbox::new(4);
+        t.attach(&o, 1, Start::Snapshot);
+        for s in 1..=20_000 {
+            t.apply(vec![update(s)]);
+            assert!(o.queued() <= 4);
+        }
+        assert_eq!(seqs(&o), vec![0, 1, 2, 3, 20_000]);
+        t.apply(vec![update(20_001)]);
+        assert_eq!(seqs(&o), vec![20_001]);
+    }
+
+    #[test]
+    fn the_first_message_is_a_snapshot_even_when_it_was_conflated() {
+        let t = topic();
+        t.apply(vec![update(1)]);
+        let o = Outbox::new(1);
+        o.push_control(Bytes::from_static(b"{}"));
+        let other = topic();
+        other.attach(&o, 9, Start::Snapshot); // fills the one data slot
+        t.attach(&o, 1, Start::Snapshot); // its snapshot finds no room
+        t.apply(vec![update(2)]);
+        let mut got = Vec::new();
+        while let Some(out) = o.try_next() {
+            if let Out::Data { bytes, .. } = out {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+                got.push((
+                    v["kpi"].to_string(),
+                    v["type"].to_string(),
+                    v["seq"].as_u64(),
+                ));
+            }
+        }
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].1, "\"snapshot\"");
+        assert_eq!(got[1].2, Some(2));
+    }
+
+    #[test]
+    fn pause_holds_back_and_resume_sends_only_the_latest() {
+        let t = topic();
+        let o = Outbox::new(16);
+        t.attach(&o, 1, Start::Snapshot);
+        assert_eq!(seqs(&o), vec![0]);
+        o.pause(Some(1));
+        t.apply((1..=5).map(update).collect());
+        assert!(seqs(&o).is_empty());
+        o.resume(Some(1));
+        assert_eq!(seqs(&o), vec![5]);
+        o.resume(Some(1));
+        assert!(seqs(&o).is_empty(), "nothing newer, nothing sent");
+        assert!(!o.pause(Some(42)), "unknown subscription");
+    }
+
+    #[test]
+    fn never_an_older_value_after_a_newer_one() {
+        let t = topic();
+        let o = Outbox::new(2);
+        t.attach(&o, 1, Start::Since(0));
+        t.apply((1..=10).map(update).collect());
+        // Queue holds 1, 2; 3..=10 conflated. Drained: 1, 2, then latest 10.
+        assert_eq!(seqs(&o), vec![1, 2, 10]);
+        // A stale republish never goes out.
+        o.push_data(1, 7, update(7).1, false);
+        assert!(seqs(&o).is_empty());
+    }
+
+    #[tokio::test]
+    async fn close_wins_over_queued_data() {
+        let t = topic();
+        let o = Outbox::new(8);
+        t.attach(&o, 1, Start::Snapshot);
+        o.close(4008, "slow consumer", None);
+        assert!(matches!(
+            o.next().await,
+            Some(Out::Close { code: 4008, .. })
+        ));
+        assert_eq!(o.next().await, None);
+    }
+}

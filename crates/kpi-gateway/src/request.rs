@@ -1,0 +1,97 @@
+//! Turning URL parts into a validated topic, and errors into JSON responses.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::Path;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kpi_core::{ErrorMessage, KpiCode, Period, Topic};
+
+/// An HTTP error answered as `{"type":"error","code":..,"message":..}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorMessage,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        crate::metrics::rejected(code);
+        ApiError {
+            status,
+            body: ErrorMessage::new(code, message),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            self.body.to_json(),
+        )
+            .into_response()
+    }
+}
+
+impl From<crate::GatewayError> for ApiError {
+    fn from(e: crate::GatewayError) -> Self {
+        ApiError::unavailable(e.to_string())
+    }
+}
+
+impl From<kpi_bus::BusError> for ApiError {
+    fn from(e: kpi_bus::BusError) -> Self {
+        ApiError::unavailable(e.to_string())
+    }
+}
+
+pub type Query = HashMap<String, String>;
+
+/// The KPI code from the path; a path that is not even UTF-8 is an invalid code too.
+pub fn code(path: Result<Path<String>, PathRejection>) -> Result<KpiCode, ApiError> {
+    let Path(raw) = path.map_err(|e| ApiError::bad_request("invalid_kpi", e.body_text()))?;
+    parse_code(&raw)
+}
+
+pub fn parse_code(raw: &str) -> Result<KpiCode, ApiError> {
+    KpiCode::parse(raw).map_err(|e| ApiError::bad_request("invalid_kpi", e.to_string()))
+}
+
+/// `period` from the query, `minute` when absent.
+pub fn period(q: &Query) -> Result<Period, ApiError> {
+    match q.get("period") {
+        None => Ok(Period::Minute),
+        Some(p) => {
+            Period::parse(p).map_err(|e| ApiError::bad_request("invalid_period", e.to_string()))
+        }
+    }
+}
+
+pub fn topic(path: Result<Path<String>, PathRejection>, q: &Query) -> Result<Topic, ApiError> {
+    let code = code(path)?;
+    Ok(Topic::new(code, period(q)?))
+}
+
+/// An optional unsigned number parameter.
+pub fn number(q: &Query, name: &str) -> Result<Option<u64>, ApiError> {
+    match q.get(name) {
+        None => Ok(None),
+        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+            ApiError::bad_request(
+                "bad_request",
+                format!("{name} must be a non-negative integer"),
+            )
+        }),
+    }
+}

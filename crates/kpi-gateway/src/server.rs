@@ -1,0 +1,118 @@
+//! The router and `run`: serve until shutdown, then drain.
+//!
+//! Drain order: `/readyz` turns false first (balancers stop sending new
+//! clients), the listener stops accepting, every WebSocket is closed with
+//! 1012 so its client reconnects elsewhere, SSE streams and long polls end,
+//! and `run` waits for connections to finish, at most `drain`.
+
+use std::sync::Arc;
+
+use axum::response::Html;
+use axum::routing::get;
+use axum::Router;
+use kpi_bus::Bus;
+use kpi_service::{Readiness, Shutdown};
+use tokio::net::TcpListener;
+
+use crate::hub::Hub;
+use crate::limits::Connections;
+use crate::{GatewayError, GatewaySettings};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub hub: Hub,
+    pub settings: Arc<GatewaySettings>,
+    pub connections: Connections,
+    /// Fires when draining starts; connections end on it.
+    pub shutdown: Shutdown,
+}
+
+const INDEX_HTML: &str = include_str!("index.html");
+
+fn router(state: AppState, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(INDEX_HTML) }))
+        .route("/ws", get(crate::ws_mux::handler))
+        .route("/ws/kpi/{code}", get(crate::ws::handler))
+        .route("/sse/kpi/{code}", get(crate::sse::handler))
+        .route("/api/kpi/{code}", get(crate::api::snapshot))
+        .route("/api/kpi/{code}/history", get(crate::api::history))
+        .route("/api/kpi/{code}/updates", get(crate::api::updates))
+        .with_state(state)
+        .merge(kpi_service::ops_router(readiness))
+}
+
+/// Serves the gateway on `listener` until `shutdown` fires, then drains
+/// (bounded by `settings.drain`) and returns.
+pub async fn run(
+    listener: TcpListener,
+    bus: Bus,
+    settings: GatewaySettings,
+    shutdown: Shutdown,
+) -> Result<(), GatewayError> {
+    settings.validate()?;
+    // Installs the recorder before the first metric is touched.
+    let _ = kpi_service::telemetry::prometheus();
+    crate::metrics::describe();
+    let settings = Arc::new(settings);
+    let hub = Hub::new(bus.clone(), settings.linger, settings.resume_window);
+    let connections = Connections::new(settings.max_connections);
+    let ready_bus = bus.clone();
+    let readiness = Readiness::new(move || {
+        if ready_bus.is_connected() {
+            Ok(())
+        } else {
+            Err("bus disconnected".to_string())
+        }
+    });
+    let state = AppState {
+        hub: hub.clone(),
+        settings: settings.clone(),
+        connections: connections.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let app = router(state, readiness.clone());
+    let local = listener.local_addr()?;
+    let stop = shutdown.clone();
+    let not_ready = readiness.clone();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                stop.recv().await;
+                not_ready.set_serving(false);
+            })
+            .await
+    });
+    readiness.set_serving(true);
+    tracing::info!(%local, "gateway listening");
+
+    tokio::select! {
+        _ = shutdown.recv() => {}
+        res = &mut server => {
+            // The server stopped without being asked to.
+            hub.close();
+            return match res {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(GatewayError::Io(e)),
+                Err(e) => Err(GatewayError::Io(std::io::Error::other(e))),
+            };
+        }
+    }
+    readiness.set_serving(false);
+    tracing::info!(open = connections.open(), "draining");
+    let drained = tokio::time::timeout(settings.drain, async {
+        let _ = (&mut server).await;
+        connections.wait_idle().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.open(),
+            "drain time ran out; dropping the rest"
+        );
+        server.abort();
+    }
+    hub.close();
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! `GET /sse/kpi/<code>?period=&since=`: Server-Sent Events, `id:` = seq, resumable.
+//!
+//! The same messages as the WebSocket, one per `data:` line. A reconnecting
+//! `EventSource` sends `Last-Event-ID`, which overrides `since`, so the browser
+//! resumes by itself. The connection's outbox conflates exactly as for a
+//! WebSocket, so a client that stops reading holds a bounded queue.
+
+use std::convert::Infallible;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use kpi_service::Shutdown;
+
+use crate::hub::Subscription;
+use crate::limits::Permit;
+use crate::metrics::Transport;
+use crate::outbox::{Out, Outbox};
+use crate::request::{self, ApiError};
+use crate::server::AppState;
+use crate::topic::Start;
+
+pub(crate) async fn handler(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    Query(q): Query<request::Query>,
+    headers: HeaderMap,
+) -> Response {
+    match open(&app, path, &q, &headers).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn open(
+    app: &AppState,
+    path: Result<Path<String>, PathRejection>,
+    q: &request::Query,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let topic = request::topic(path, q)?;
+    let mut since = request::number(q, "since")?;
+    if let Some(h) = headers.get("last-event-id") {
+        let parsed = h.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
+        since = Some(parsed.ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_request",
+                "Last-Event-ID must be a seq (a non-negative integer)",
+            )
+        })?);
+    }
+    let permit = crate::ws::too_many(app.connections.try_acquire(Transport::Sse))?;
+    let interest = app.hub.watch(topic).await?;
+    let outbox = Outbox::new(app.settings.queue_capacity);
+    let start = since.map_or(Start::Snapshot, Start::Since);
+    let sub = interest.attach(&outbox, 1, start);
+    let stream = events(Open {
+        outbox,
+        _sub: sub,
+        _permit: permit,
+        shutdown: app.shutdown.clone(),
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(app.settings.sse_keepalive))
+        .into_response())
+}
+
+/// What an open SSE response holds; dropping it (client gone or shutdown) unsubscribes.
+struct Open {
+    outbox: Outbox,
+    _sub: Subscription,
+    _permit: Permit,
+    shutdown: Shutdown,
+}
+
+fn events(open: Open) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(open, |open| async move {
+        loop {
+            // Ending the stream on shutdown lets the HTTP server drain.
+            let out = tokio::select! {
+                _ = open.shutdown.recv() => None,
+                out = open.outbox.next() => out,
+            };
+            match out? {
+                Out::Data { seq, bytes } => {
+                    let Ok(text) = std::str::from_utf8(&bytes) else {
+                        continue;
+                    };
+                    crate::metrics::message_sent();
+                    let event = Event::default().id(seq.to_string()).data(text);
+                    return Some((Ok(event), open));
+                }
+                Out::Control(_) | Out::Ping => continue,
+                Out::Close { .. } => return None,
+            }
+        }
+    })
+}

@@ -1,0 +1,292 @@
+//! One watched topic: its recent updates, its latest value and its local subscribers.
+//!
+//! Everything here happens under one lock per topic: appending an update and
+//! fanning it out, and registering a subscriber with its first messages. So a
+//! new subscriber gets its snapshot (or missed updates) and then exactly the
+//! updates that follow, with no gap and no duplicate between the two.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kpi_core::{Topic, UpdateMessage};
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+use crate::outbox::{Outbox, SubId};
+
+/// Just enough of an update to order it; the bytes are relayed untouched.
+#[derive(Deserialize)]
+struct Head {
+    seq: u64,
+}
+
+/// The `seq` of an update message, if it is one.
+pub fn parse_seq(raw: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Head>(raw).ok().map(|h| h.seq)
+}
+
+/// The same message labelled `"type":"snapshot"`, other fields kept as they are.
+pub fn relabel_snapshot(raw: &[u8]) -> Option<Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(raw).ok()?;
+    let obj = v.as_object_mut()?;
+    obj.insert("type".into(), serde_json::Value::from("snapshot"));
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+/// The snapshot of a topic nobody has published to yet (seq 0).
+pub fn empty_snapshot(topic: &Topic) -> (u64, Bytes) {
+    let m = UpdateMessage::empty(topic.code.clone(), topic.period, chrono::Utc::now());
+    (0, Bytes::from(m.to_json()))
+}
+
+/// Parses stored updates into (seq, bytes), sorted, skipping what is not an update.
+pub fn parse_batch(raw: Vec<Bytes>) -> Vec<(u64, Bytes)> {
+    let mut out: Vec<(u64, Bytes)> = raw
+        .into_iter()
+        .filter_map(|b| parse_seq(&b).map(|s| (s, b)))
+        .collect();
+    out.sort_by_key(|(s, _)| *s);
+    out
+}
+
+pub struct TopicShared {
+    pub topic: Topic,
+    pub(crate) state: Mutex<TopicState>,
+    /// Serializes starting the upstream subscription.
+    pub(crate) start: tokio::sync::Mutex<()>,
+}
+
+pub(crate) struct TopicState {
+    /// Local interest: subscriptions plus requests being set up.
+    pub holders: usize,
+    /// Bumped on every change of interest, so a stale linger timer does nothing.
+    pub linger_epoch: u64,
+    /// The running upstream task, while subscribed upstream.
+    pub upstream: Option<tokio::task::AbortHandle>,
+    window: usize,
+    /// Contiguous recent updates, oldest first (cleared on a discontinuity).
+    ring: VecDeque<(u64, Bytes)>,
+    latest_seq: u64,
+    latest: Option<Bytes>,
+    snapshot_cache: Option<(u64, Bytes)>,
+    subscribers: HashMap<(u64, SubId), Outbox>,
+}
+
+/// What a new subscriber starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The latest value as a snapshot.
+    Snapshot,
+    /// Updates after this seq if still in memory, else a snapshot.
+    Since(u64),
+}
+
+impl TopicShared {
+    pub(crate) fn new(topic: Topic, window: usize) -> Arc<Self> {
+        Arc::new(TopicShared {
+            topic,
+            state: Mutex::new(TopicState {
+                holders: 0,
+                linger_epoch: 0,
+                upstream: None,
+                window: window.max(1),
+                ring: VecDeque::new(),
+                latest_seq: 0,
+                latest: None,
+                snapshot_cache: None,
+                subscribers: HashMap::new(),
+            }),
+            start: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Appends updates newer than the latest, in order, fanning each out.
+    /// Older or repeated ones (a republish after an aggregator restart) are dropped.
+    pub(crate) fn apply(&self, batch: Vec<(u64, Bytes)>) {
+        let mut st = self.state.lock();
+        for (seq, bytes) in batch {
+            if seq <= st.latest_seq && st.latest.is_some() {
+                continue;
+            }
+            if st.latest.is_some() && seq != st.latest_seq + 1 {
+                // The missing updates are gone for good: the ring must not
+                // pretend to cover them.
+                st.ring.clear();
+            }
+            st.ring.push_back((seq, bytes.clone()));
+            while st.ring.len() > st.window {
+                st.ring.pop_front();
+            }
+            st.latest_seq = seq;
+            st.latest = Some(bytes.clone());
+            for ((_, sub), outbox) in st.subscribers.iter() {
+                outbox.push_data(*sub, seq, bytes.clone(), false);
+            }
+        }
+    }
+
+    /// True when `seq` does not directly follow what we hold.
+    pub(crate) fn is_gap(&self, seq: u64) -> bool {
+        let st = self.state.lock();
+        st.latest.is_some() && seq > st.latest_seq + 1 || st.latest.is_none() && seq > 1
+    }
+
+    /// Registers a subscriber and queues its first messages, under the lock
+    /// fan-out takes, so nothing is missed or repeated in between.
+    pub(crate) fn attach(self: &Arc<Self>, outbox: &Outbox, sub: SubId, start: Start) {
+        let mut st = self.state.lock();
+        let latest = st.latest_seq;
+        match start {
+            Start::Since(since) if since >= latest => {
+                outbox.add_sub(sub, Arc::downgrade(self), Some(latest));
+            }
+            Start::Since(since)
+                if st
+                    .ring
+                    .front()
+                    .is_some_and(|(first, _)| *first <= since + 1) =>
+            {
+                outbox.add_sub(sub, Arc::downgrade(self), Some(since));
+                for (seq, bytes) in st.ring.iter().filter(|(s, _)| *s > since) {
+                    outbox.push_data(sub, *seq, bytes.clone(), false);
+                }
+            }
+            _ => {
+                outbox.add_sub(sub, Arc::downgrade(self), None);
+                let (seq, bytes) = snapshot_locked(&self.topic, &mut st);
+                outbox.push_data(sub, seq, bytes, true);
+            }
+        }
+        st.subscribers.insert((outbox.id(), sub), outbox.clone());
+    }
+
+    pub(crate) fn detach(&self, outbox: &Outbox, sub: SubId) {
+        self.state.lock().subscribers.remove(&(outbox.id(), sub));
+    }
+
+    /// The latest value as a snapshot message, with its seq.
+    pub fn snapshot(&self) -> (u64, Bytes) {
+        let mut st = self.state.lock();
+        snapshot_locked(&self.topic, &mut st)
+    }
+
+    /// The latest update as published, if any.
+    pub fn latest_update(&self) -> Option<(u64, Bytes)> {
+        let st = self.state.lock();
+        st.latest.clone().map(|b| (st.latest_seq, b))
+    }
+
+    /// Updates after `since` when the ring covers all of them contiguously.
+    pub fn updates_since(&self, since: u64) -> Option<Vec<(u64, Bytes)>> {
+        let st = self.state.lock();
+        if since >= st.latest_seq {
+            return Some(Vec::new());
+        }
+        let covered = st
+            .ring
+            .front()
+            .is_some_and(|(first, _)| *first <= since + 1);
+        covered.then(|| {
+            st.ring
+                .iter()
+                .filter(|(s, _)| *s > since)
+                .cloned()
+                .collect()
+        })
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.state.lock().subscribers.len()
+    }
+}
+
+fn snapshot_locked(topic: &Topic, st: &mut TopicState) -> (u64, Bytes) {
+    let Some(latest) = st.latest.as_ref() else {
+        return empty_snapshot(topic);
+    };
+    if let Some((seq, bytes)) = &st.snapshot_cache {
+        if *seq == st.latest_seq {
+            return (*seq, bytes.clone());
+        }
+    }
+    // Serialized once per new latest value, then shared by every new subscriber.
+    let bytes = relabel_snapshot(latest).unwrap_or_else(|| latest.clone());
+    st.snapshot_cache = Some((st.latest_seq, bytes.clone()));
+    (st.latest_seq, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Out;
+    use kpi_core::{KpiCode, Period, UpdateKind};
+
+    fn topic() -> Topic {
+        Topic::new(KpiCode::parse("t").expect("code"), Period::Minute)
+    }
+
+    fn update(seq: u64) -> (u64, Bytes) {
+        let mut m = UpdateMessage::empty(topic().code, Period::Minute, chrono::Utc::now());
+        m.kind = UpdateKind::Update;
+        m.seq = seq;
+        (seq, Bytes::from(m.to_json()))
+    }
+
+    fn drain(o: &Outbox) -> Vec<(u64, String)> {
+        let mut v = Vec::new();
+        while let Some(Out::Data { seq, bytes }) = o.try_next() {
+            let m: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+            v.push((seq, m["type"].as_str().unwrap_or_default().to_string()));
+        }
+        v
+    }
+
+    #[test]
+    fn snapshot_then_stream_without_gap_or_duplicate() {
+        let t = TopicShared::new(topic(), 8);
+        t.apply((1..=5).map(update).collect());
+        let o = Outbox::new(100);
+        t.attach(&o, 1, Start::Snapshot);
+        t.apply(vec![update(5), update(6)]);
+        assert_eq!(
+            drain(&o),
+            vec![(5, "snapshot".into()), (6, "update".into())]
+        );
+    }
+
+    #[test]
+    fn since_inside_the_window_gets_exactly_the_missed_updates() {
+        let t = TopicShared::new(topic(), 8);
+        t.apply((1..=10).map(update).collect());
+        let o = Outbox::new(100);
+        t.attach(&o, 1, Start::Since(7));
+        let got: Vec<u64> = drain(&o).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(got, vec![8, 9, 10]);
+        // Older than the window (ring holds 3..=10): a snapshot instead.
+        let o2 = Outbox::new(100);
+        t.attach(&o2, 1, Start::Since(1));
+        assert_eq!(drain(&o2), vec![(10, "snapshot".into())]);
+        // Ahead of us: nothing old.
+        let o3 = Outbox::new(100);
+        t.attach(&o3, 1, Start::Since(10));
+        assert!(drain(&o3).is_empty());
+    }
+
+    #[test]
+    fn a_discontinuity_empties_the_ring() {
+        let t = TopicShared::new(topic(), 8);
+        t.apply(vec![update(1), update(2), update(5)]);
+        assert!(t.updates_since(1).is_none());
+        assert_eq!(t.updates_since(4).map(|v| v.len()), Some(1));
+    }
+
+    #[test]
+    fn never_published_gives_the_empty_snapshot() {
+        let t = TopicShared::new(topic(), 8);
+        let (seq, bytes) = t.snapshot();
+        assert_eq!(seq, 0);
+        let m = UpdateMessage::from_json(&bytes).expect("update message");
+        assert_eq!((m.kind, m.seq), (UpdateKind::Snapshot, 0));
+    }
+}

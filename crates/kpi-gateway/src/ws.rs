@@ -1,0 +1,101 @@
+//! `GET /ws/kpi/<code>?period=&since=`: one topic per WebSocket, snapshot first, then updates.
+//!
+//! Everything that can be refused is refused before the upgrade, as a plain
+//! HTTP error with a JSON body, so a browser's failed handshake carries the reason.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::connection::{self, Flow, Inbound, Timing};
+use crate::hub::Interest;
+use crate::limits::Permit;
+use crate::metrics::Transport;
+use crate::outbox::Outbox;
+use crate::request::{self, ApiError};
+use crate::server::AppState;
+use crate::topic::Start;
+
+pub(crate) async fn handler(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    Query(q): Query<request::Query>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match prepare(&app, path, &q, ws).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn prepare(
+    app: &AppState,
+    path: Result<Path<String>, PathRejection>,
+    q: &request::Query,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let topic = request::topic(path, q)?;
+    let start = match request::number(q, "since")? {
+        Some(since) => Start::Since(since),
+        None => Start::Snapshot,
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    let permit = too_many(app.connections.try_acquire(Transport::Ws))?;
+    // Subscribed before the upgrade: a bus failure is still a clean 503.
+    let interest = app.hub.watch(topic).await?;
+    let app = app.clone();
+    Ok(upgrade(ws, &app)
+        .on_upgrade(move |socket| serve(socket, app, interest, start, permit))
+        .into_response())
+}
+
+/// The 503 for a full gateway.
+pub(crate) fn too_many(permit: Option<Permit>) -> Result<Permit, ApiError> {
+    permit.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "this gateway is at its connection limit; retry later or elsewhere",
+        )
+    })
+}
+
+/// Applies the frame limits; tungstenite then refuses anything larger.
+pub(crate) fn upgrade(ws: WebSocketUpgrade, app: &AppState) -> WebSocketUpgrade {
+    let max = app.settings.max_frame_bytes;
+    ws.max_frame_size(max).max_message_size(max)
+}
+
+async fn serve(socket: WebSocket, app: AppState, interest: Interest, start: Start, permit: Permit) {
+    let outbox = Outbox::new(app.settings.queue_capacity);
+    let sub = interest.attach(&outbox, 1, start);
+    connection::drive(
+        socket,
+        outbox,
+        Ignore,
+        Timing::from_settings(&app.settings),
+        app.shutdown.clone(),
+    )
+    .await;
+    drop(sub);
+    drop(permit);
+}
+
+/// This socket only sends; what a client sends is read (for liveness) and dropped.
+struct Ignore;
+
+impl Inbound for Ignore {
+    async fn on_text(&mut self, _text: &str) -> Flow {
+        Flow::Continue
+    }
+
+    async fn on_binary(&mut self) -> Flow {
+        Flow::Continue
+    }
+}
