@@ -30,6 +30,9 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), AggregatorError> {
     settings.validate().map_err(AggregatorError::Settings)?;
+    // Install the recorder before the first event is counted; counts made
+    // before it exists are lost.
+    let _ = kpi_service::telemetry::prometheus();
     let bus_for_ready = bus.clone();
     let readiness = Readiness::new(move || {
         if bus_for_ready.is_connected() {

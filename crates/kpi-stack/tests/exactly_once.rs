@@ -112,7 +112,7 @@ fn events(n: usize, kpis: usize, tag: &str) -> Vec<Event> {
 struct Services {
     aggregators: Vec<(Service, Vec<String>)>,
     ingest: Service,
-    gateway: Service,
+    _gateway: Service,
     grpc_port: u16,
     ingest_args: Vec<String>,
     gw: String,
@@ -149,7 +149,7 @@ async fn services(nats: &str, replicas: u32, js_replicas: usize) -> Services {
     let gateway = spawn_args("kpi-gateway", &["--listen".into(), format!("127.0.0.1:{gw_port}")], nats);
     let gw = format!("http://127.0.0.1:{gw_port}");
     gateway.wait_http_ok(&format!("{gw}/readyz"), Duration::from_secs(30)).await;
-    Services { aggregators, ingest, gateway, grpc_port, ingest_args, gw }
+    Services { aggregators, ingest, _gateway: gateway, grpc_port, ingest_args, gw }
 }
 
 /// Publishes every event, retrying a batch (same event ids) until it is
@@ -278,7 +278,7 @@ async fn out_of_order_within_lateness_equals_in_order_and_too_late_is_counted_no
         if metric(&page, "kpi_aggregator_events_late_total").unwrap_or(0.0) >= 1.0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "late event not counted:\n{page}");
+        assert!(tokio::time::Instant::now() < deadline, "late event not counted:\n{page}\n{}", agg.logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
