@@ -14,6 +14,8 @@ use crate::state::{Outgoing, PartitionState};
 
 /// With no event within this long of starting, the partition counts as caught up.
 const CATCH_UP_IDLE: Duration = Duration::from_millis(500);
+/// At most one log line about late events per this interval.
+const LATE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause before retrying after the bus failed.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
@@ -29,6 +31,8 @@ pub struct Worker {
     seq_synced: std::collections::HashSet<Topic>,
     last_checkpoint: Instant,
     checkpointed_seq: u64,
+    last_late_log: Instant,
+    late_since_log: u64,
 }
 
 impl Worker {
@@ -66,6 +70,10 @@ impl Worker {
             caught_up: false,
             seq_synced: Default::default(),
             last_checkpoint: Instant::now(),
+            last_late_log: Instant::now()
+                .checked_sub(LATE_LOG_INTERVAL)
+                .unwrap_or_else(Instant::now),
+            late_since_log: 0,
         })
     }
 
@@ -150,7 +158,20 @@ impl Worker {
                 metrics::counter!(m::EVENTS_APPLIED).increment(u64::from(r.applied));
                 if r.late > 0 {
                     metrics::counter!(m::EVENTS_LATE).increment(u64::from(r.late));
-                    tracing::debug!(kpi = %record.kpi, event_id = %record.event_id, "late event not applied to {} period(s)", r.late);
+                    self.late_since_log += u64::from(r.late);
+                    // Bounded: a flood of late events must not flood the log.
+                    if self.last_late_log.elapsed() >= LATE_LOG_INTERVAL {
+                        tracing::warn!(
+                            partition = self.partition,
+                            kpi = %record.kpi,
+                            event_id = %record.event_id,
+                            late = self.late_since_log,
+                            "events too late for their bucket were not applied (counted in {})",
+                            m::EVENTS_LATE
+                        );
+                        self.late_since_log = 0;
+                        self.last_late_log = Instant::now();
+                    }
                 }
             }
             Err(why) => {
