@@ -17,8 +17,22 @@ struct DemoKpi {
     integer: bool,
 }
 
-const fn kpi(code: &'static str, value: f64, step: f64, min: f64, max: f64, integer: bool) -> DemoKpi {
-    DemoKpi { code, value, step, min, max, integer }
+const fn kpi(
+    code: &'static str,
+    value: f64,
+    step: f64,
+    min: f64,
+    max: f64,
+    integer: bool,
+) -> DemoKpi {
+    DemoKpi {
+        code,
+        value,
+        step,
+        min,
+        max,
+        integer,
+    }
 }
 
 /// The codes the demo publishes; the page shows these by default.
@@ -77,7 +91,11 @@ pub async fn feed(grpc_addr: String, rate: u32, shutdown: Shutdown) {
             .map(|k| {
                 let walk = (rng.unit() * 2.0 - 1.0) * k.step;
                 k.value = (k.value + walk).clamp(k.min, k.max);
-                let value = if k.integer { k.value.round() } else { (k.value * 100.0).round() / 100.0 };
+                let value = if k.integer {
+                    k.value.round()
+                } else {
+                    (k.value * 100.0).round() / 100.0
+                };
                 Event {
                     event_id: String::new(),
                     kpi: k.code.to_string(),

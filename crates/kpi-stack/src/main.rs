@@ -45,9 +45,14 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     kpi_service::telemetry::init_logging();
-    let bus_config = BusConfig { partitions: cli.partitions, ..Default::default() };
+    let bus_config = BusConfig {
+        partitions: cli.partitions,
+        ..Default::default()
+    };
     let bus = match &cli.nats_url {
-        Some(url) => Bus::connect_nats(url, bus_config).await.context("connecting to NATS")?,
+        Some(url) => Bus::connect_nats(url, bus_config)
+            .await
+            .context("connecting to NATS")?,
         None => Bus::memory(bus_config),
     };
 
@@ -76,19 +81,33 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn({
         let (bus, sd) = (bus.clone(), shutdown.clone());
-        async move { kpi_aggregator::run(None, bus, aggregator, sd).await.context("aggregator") }
+        async move {
+            kpi_aggregator::run(None, bus, aggregator, sd)
+                .await
+                .context("aggregator")
+        }
     });
     tasks.spawn({
         let (bus, sd) = (bus.clone(), shutdown.clone());
-        async move { kpi_ingest::run(grpc_listener, ingest_http, bus, ingest, sd).await.context("ingest") }
+        async move {
+            kpi_ingest::run(grpc_listener, ingest_http, bus, ingest, sd)
+                .await
+                .context("ingest")
+        }
     });
     tasks.spawn({
         let (bus, sd) = (bus.clone(), shutdown.clone());
-        async move { kpi_gateway::run(gateway_listener, bus, gateway, sd).await.context("gateway") }
+        async move {
+            kpi_gateway::run(gateway_listener, bus, gateway, sd)
+                .await
+                .context("gateway")
+        }
     });
     if cli.demo {
         let connect = match grpc_addr {
-            a if a.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], a.port())).to_string(),
+            a if a.ip().is_unspecified() => {
+                SocketAddr::from(([127, 0, 0, 1], a.port())).to_string()
+            }
             a => a.to_string(),
         };
         shutdown.spawn(demo::feed(connect, cli.demo_rate, shutdown.clone()));

@@ -18,9 +18,18 @@ struct Truth(HashMap<(String, &'static str, u64), (u64, f64, f64, f64)>);
 
 impl Truth {
     fn add(&mut self, e: &Event) {
-        let secs = e.time.as_ref().map(|t| t.seconds as u64).unwrap_or_default();
+        let secs = e
+            .time
+            .as_ref()
+            .map(|t| t.seconds as u64)
+            .unwrap_or_default();
         for (p, w) in PERIODS {
-            let s = self.0.entry((e.kpi.clone(), p, secs / w * w)).or_insert((0, 0.0, f64::MAX, f64::MIN));
+            let s = self.0.entry((e.kpi.clone(), p, secs / w * w)).or_insert((
+                0,
+                0.0,
+                f64::MAX,
+                f64::MIN,
+            ));
             s.0 += 1;
             s.1 += e.value;
             s.2 = s.2.min(e.value);
@@ -37,7 +46,9 @@ impl Truth {
 }
 
 fn secs(rfc: &Value) -> u64 {
-    chrono::DateTime::parse_from_rfc3339(rfc.as_str().unwrap_or_default()).map(|t| t.timestamp() as u64).unwrap_or(0)
+    chrono::DateTime::parse_from_rfc3339(rfc.as_str().unwrap_or_default())
+        .map(|t| t.timestamp() as u64)
+        .unwrap_or(0)
 }
 
 /// Every bucket a client can see for a KPI and period: history (newest record
@@ -55,15 +66,26 @@ async fn visible(gw: &str, kpi: &str, period: &str) -> BTreeMap<u64, (u64, f64, 
             out.insert(start, (seq, v));
         }
     };
-    let (_, hist) = get_json(&format!("{gw}/api/kpi/{kpi}/history?period={period}&limit=1500")).await;
+    let (_, hist) = get_json(&format!(
+        "{gw}/api/kpi/{kpi}/history?period={period}&limit=1500"
+    ))
+    .await;
     for b in hist["buckets"].as_array().into_iter().flatten() {
-        put(secs(&b["bucket_start"]), b["seq"].as_u64().unwrap_or(0), &b["stats"]);
+        put(
+            secs(&b["bucket_start"]),
+            b["seq"].as_u64().unwrap_or(0),
+            &b["stats"],
+        );
     }
     let (_, snap) = get_json(&format!("{gw}/api/kpi/{kpi}?period={period}")).await;
     let seq = snap["seq"].as_u64().unwrap_or(0);
     put(secs(&snap["bucket_start"]), seq, &snap["stats"]);
     if snap["previous"].is_object() {
-        put(secs(&snap["previous"]["bucket_start"]), seq, &snap["previous"]["stats"]);
+        put(
+            secs(&snap["previous"]["bucket_start"]),
+            seq,
+            &snap["previous"]["stats"],
+        );
     }
     out.into_iter().map(|(k, (_, v))| (k, v)).collect()
 }
@@ -99,12 +121,21 @@ async fn converges(gw: &str, truth: &Truth, timeout: Duration) -> Result<(), Str
 
 /// Events for `kpis` KPIs with integer values and times spread over the last few minutes.
 fn events(n: usize, kpis: usize, tag: &str) -> Vec<Event> {
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("epoch").as_secs();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("epoch")
+        .as_secs();
     let codes: Vec<String> = (0..kpis).map(|k| unique(&format!("{tag}{k}"))).collect();
     (0..n)
         .map(|i| {
-            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(now - 150 + (i as u64 * 7919) % 150);
-            event(&format!("{tag}-{i}"), &codes[i % kpis], ((i * 31) % 97) as f64, t)
+            let t =
+                SystemTime::UNIX_EPOCH + Duration::from_secs(now - 150 + (i as u64 * 7919) % 150);
+            event(
+                &format!("{tag}-{i}"),
+                &codes[i % kpis],
+                ((i * 31) % 97) as f64,
+                t,
+            )
         })
         .collect()
 }
@@ -127,29 +158,52 @@ async fn services(nats: &str, replicas: u32, js_replicas: usize) -> Services {
     let grpc_port = free_port();
     let r = js_replicas.to_string();
     let ingest_args = vec![
-        "--listen".into(), format!("127.0.0.1:{grpc_port}"),
-        "--http-listen".into(), format!("127.0.0.1:{}", free_port()),
-        "--replicas".into(), r.clone(),
+        "--listen".into(),
+        format!("127.0.0.1:{grpc_port}"),
+        "--http-listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--replicas".into(),
+        r.clone(),
     ];
     let ingest = spawn_args("kpi-ingest", &ingest_args, nats);
     let mut aggregators = Vec::new();
     for i in 0..replicas {
         let args = vec![
-            "--listen".into(), format!("127.0.0.1:{}", free_port()),
-            "--replica-index".into(), i.to_string(),
-            "--replica-count".into(), replicas.to_string(),
-            "--coalesce-ms".into(), "50".into(),
-            "--checkpoint-ms".into(), "300".into(),
-            "--lateness-minute-secs".into(), "3600".into(),
-            "--replicas".into(), r.clone(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--replica-index".into(),
+            i.to_string(),
+            "--replica-count".into(),
+            replicas.to_string(),
+            "--coalesce-ms".into(),
+            "50".into(),
+            "--checkpoint-ms".into(),
+            "300".into(),
+            "--lateness-minute-secs".into(),
+            "3600".into(),
+            "--replicas".into(),
+            r.clone(),
         ];
         aggregators.push((spawn_args("kpi-aggregator", &args, nats), args));
     }
     let gw_port = free_port();
-    let gateway = spawn_args("kpi-gateway", &["--listen".into(), format!("127.0.0.1:{gw_port}")], nats);
+    let gateway = spawn_args(
+        "kpi-gateway",
+        &["--listen".into(), format!("127.0.0.1:{gw_port}")],
+        nats,
+    );
     let gw = format!("http://127.0.0.1:{gw_port}");
-    gateway.wait_http_ok(&format!("{gw}/readyz"), Duration::from_secs(30)).await;
-    Services { aggregators, ingest, _gateway: gateway, grpc_port, ingest_args, gw }
+    gateway
+        .wait_http_ok(&format!("{gw}/readyz"), Duration::from_secs(30))
+        .await;
+    Services {
+        aggregators,
+        ingest,
+        _gateway: gateway,
+        grpc_port,
+        ingest_args,
+        gw,
+    }
 }
 
 /// Publishes every event, retrying a batch (same event ids) until it is
@@ -160,14 +214,24 @@ async fn publish_all(grpc_port: u16, events: &[Event]) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let attempt = async {
-                let mut c = kpi_proto::v1::ingest_client::IngestClient::connect(url.clone()).await.ok()?;
+                let mut c = kpi_proto::v1::ingest_client::IngestClient::connect(url.clone())
+                    .await
+                    .ok()?;
                 let r = publish(&mut c, chunk.to_vec()).await.ok()?;
                 (r.accepted + r.duplicates == chunk.len() as u32).then_some(())
             };
-            if tokio::time::timeout(Duration::from_secs(10), attempt).await.ok().flatten().is_some() {
+            if tokio::time::timeout(Duration::from_secs(10), attempt)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "a batch was never acknowledged");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a batch was never acknowledged"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -197,7 +261,10 @@ async fn aggregator_killed_ten_times_loses_and_doubles_nothing() {
     }
     publisher.await.expect("publisher");
     if let Err(diff) = converges(&s.gw, &truth, Duration::from_secs(120)).await {
-        panic!("stats differ from the truth:\n{diff}\naggregator log:\n{}", s.aggregators[0].0.logs());
+        panic!(
+            "stats differ from the truth:\n{diff}\naggregator log:\n{}",
+            s.aggregators[0].0.logs()
+        );
     }
 }
 
@@ -233,7 +300,9 @@ async fn three_aggregator_replicas_give_the_results_of_one() {
     evs.iter().for_each(|e| truth.add(e));
     publish_all(s.grpc_port, &evs).await;
     if let Err(diff) = converges(&s.gw, &truth, Duration::from_secs(60)).await {
-        panic!("3 replicas differ from the truth (which 1 replica meets in the other tests):\n{diff}");
+        panic!(
+            "3 replicas differ from the truth (which 1 replica meets in the other tests):\n{diff}"
+        );
     }
     drop(s);
 }
@@ -252,8 +321,13 @@ async fn out_of_order_within_lateness_equals_in_order_and_too_late_is_counted_no
     publish_all(s.grpc_port, &ordered).await;
     publish_all(s.grpc_port, &shuffled).await;
     let mut truth = Truth::default();
-    ordered.iter().chain(shuffled.iter()).for_each(|e| truth.add(e));
-    converges(&s.gw, &truth, Duration::from_secs(30)).await.expect("in-order and shuffled agree with the truth");
+    ordered
+        .iter()
+        .chain(shuffled.iter())
+        .for_each(|e| truth.add(e));
+    converges(&s.gw, &truth, Duration::from_secs(30))
+        .await
+        .expect("in-order and shuffled agree with the truth");
 
     // Restart the aggregator with a 60 s minute lateness: an event 10 minutes
     // old is too late for its minute (but not for its hour or day).
@@ -263,28 +337,48 @@ async fn out_of_order_within_lateness_equals_in_order_and_too_late_is_counted_no
     let metrics_port = free_port();
     let mut late_args = args.clone();
     late_args[1] = format!("127.0.0.1:{metrics_port}");
-    let pos = late_args.iter().position(|a| a == "--lateness-minute-secs").expect("flag");
+    let pos = late_args
+        .iter()
+        .position(|a| a == "--lateness-minute-secs")
+        .expect("flag");
     late_args[pos + 1] = "60".into();
     *agg = spawn_args("kpi-aggregator", &late_args, &nats.url());
-    agg.wait_http_ok(&format!("http://127.0.0.1:{metrics_port}/readyz"), Duration::from_secs(20)).await;
+    agg.wait_http_ok(
+        &format!("http://127.0.0.1:{metrics_port}/readyz"),
+        Duration::from_secs(20),
+    )
+    .await;
     let code = ordered[0].kpi.clone();
     let old = SystemTime::now() - Duration::from_secs(600);
-    let minute_bucket = old.duration_since(SystemTime::UNIX_EPOCH).expect("epoch").as_secs() / 60 * 60;
+    let minute_bucket = old
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("epoch")
+        .as_secs()
+        / 60
+        * 60;
     let before = visible(&s.gw, &code, "minute").await;
     publish_all(s.grpc_port, &[event("too-late", &code, 1000.0, old)]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, page) = kpi_test_support::http_get(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
+        let (_, page) =
+            kpi_test_support::http_get(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
         if metric(&page, "kpi_aggregator_events_late_total").unwrap_or(0.0) >= 1.0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "late event not counted:\n{page}\n{}", agg.logs());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "late event not counted:\n{page}\n{}",
+            agg.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = visible(&s.gw, &code, "minute").await;
     assert_eq!(before, after, "a too-late event changed the minute stats");
-    assert!(!after.contains_key(&minute_bucket), "a bucket was created for a too-late event");
+    assert!(
+        !after.contains_key(&minute_bucket),
+        "a bucket was created for a too-late event"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,6 +398,10 @@ async fn a_nats_node_killed_in_an_r3_cluster_loses_no_acknowledged_event() {
     cluster.kill_node(1);
     publisher.await.expect("publisher");
     if let Err(diff) = converges(&s.gw, &truth, Duration::from_secs(90)).await {
-        panic!("after a node died the stats differ:\n{diff}\ningest:\n{}\naggregator:\n{}", s.ingest.logs(), s.aggregators[0].0.logs());
+        panic!(
+            "after a node died the stats differ:\n{diff}\ningest:\n{}\naggregator:\n{}",
+            s.ingest.logs(),
+            s.aggregators[0].0.logs()
+        );
     }
 }

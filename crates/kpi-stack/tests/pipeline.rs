@@ -39,12 +39,36 @@ impl Expected {
     }
 
     fn assert_matches(&self, stats: &Value, what: &str) {
-        assert_eq!(stats["count"].as_u64(), Some(self.count), "{what}: count in {stats}");
-        assert_eq!(stats["sum"].as_f64(), Some(self.sum), "{what}: sum in {stats}");
-        assert_eq!(stats["min"].as_f64(), Some(self.min), "{what}: min in {stats}");
-        assert_eq!(stats["max"].as_f64(), Some(self.max), "{what}: max in {stats}");
-        assert_eq!(stats["last"].as_f64(), Some(self.last), "{what}: last in {stats}");
-        assert_eq!(stats["avg"].as_f64(), Some(self.sum / self.count as f64), "{what}: avg in {stats}");
+        assert_eq!(
+            stats["count"].as_u64(),
+            Some(self.count),
+            "{what}: count in {stats}"
+        );
+        assert_eq!(
+            stats["sum"].as_f64(),
+            Some(self.sum),
+            "{what}: sum in {stats}"
+        );
+        assert_eq!(
+            stats["min"].as_f64(),
+            Some(self.min),
+            "{what}: min in {stats}"
+        );
+        assert_eq!(
+            stats["max"].as_f64(),
+            Some(self.max),
+            "{what}: max in {stats}"
+        );
+        assert_eq!(
+            stats["last"].as_f64(),
+            Some(self.last),
+            "{what}: last in {stats}"
+        );
+        assert_eq!(
+            stats["avg"].as_f64(),
+            Some(self.sum / self.count as f64),
+            "{what}: avg in {stats}"
+        );
     }
 }
 
@@ -72,7 +96,10 @@ async fn thousand_events_give_exact_stats_on_websocket_and_snapshot_for_every_pe
     for code in &codes {
         let mut ws = ws_connect(&format!("{}/ws/kpi/{code}?period=minute", p.gateway_ws)).await;
         let first = next_json(&mut ws, Duration::from_secs(10)).await;
-        assert_eq!(first["type"], "snapshot", "first message must be the snapshot: {first}");
+        assert_eq!(
+            first["type"], "snapshot",
+            "first message must be the snapshot: {first}"
+        );
         sockets.push(ws);
     }
 
@@ -108,18 +135,46 @@ async fn thousand_events_give_exact_stats_on_websocket_and_snapshot_for_every_pe
             }
         }
         for period in ["minute", "hour", "day"] {
-            let (status, snap) = get_json(&format!("{}/api/kpi/{code}?period={period}", p.gateway_http)).await;
+            let (status, snap) = get_json(&format!(
+                "{}/api/kpi/{code}?period={period}",
+                p.gateway_http
+            ))
+            .await;
             assert_eq!(status, 200, "{snap}");
             assert_eq!(snap["type"], "snapshot");
             assert_eq!(snap["period"], period);
             let bucket = rfc3339(match period {
                 "minute" => minute,
-                "hour" => SystemTime::UNIX_EPOCH + Duration::from_secs(minute.duration_since(SystemTime::UNIX_EPOCH).expect("epoch").as_secs() / 3600 * 3600),
-                _ => SystemTime::UNIX_EPOCH + Duration::from_secs(minute.duration_since(SystemTime::UNIX_EPOCH).expect("epoch").as_secs() / 86400 * 86400),
+                "hour" => {
+                    SystemTime::UNIX_EPOCH
+                        + Duration::from_secs(
+                            minute
+                                .duration_since(SystemTime::UNIX_EPOCH)
+                                .expect("epoch")
+                                .as_secs()
+                                / 3600
+                                * 3600,
+                        )
+                }
+                _ => {
+                    SystemTime::UNIX_EPOCH
+                        + Duration::from_secs(
+                            minute
+                                .duration_since(SystemTime::UNIX_EPOCH)
+                                .expect("epoch")
+                                .as_secs()
+                                / 86400
+                                * 86400,
+                        )
+                }
             });
-            let stats = stats_of(&snap, &bucket).unwrap_or_else(|| panic!("{code}/{period}: bucket {bucket} not in {snap}"));
+            let stats = stats_of(&snap, &bucket)
+                .unwrap_or_else(|| panic!("{code}/{period}: bucket {bucket} not in {snap}"));
             want.assert_matches(&stats, &format!("{code} snapshot {period}"));
-            assert!(snap["updated_at"].is_string() && snap["event_time"].is_string(), "{snap}");
+            assert!(
+                snap["updated_at"].is_string() && snap["event_time"].is_string(),
+                "{snap}"
+            );
         }
     }
 }
@@ -131,12 +186,18 @@ async fn the_same_event_id_twice_counts_once() {
     let code = unique("dup");
     let mut client = p.client().await;
     let now = SystemTime::now();
-    let first = publish(&mut client, vec![event("same-id", &code, 5.0, now)]).await.expect("publish");
+    let first = publish(&mut client, vec![event("same-id", &code, 5.0, now)])
+        .await
+        .expect("publish");
     assert_eq!(first.results[0].status(), Status::Stored);
-    let again = publish(&mut client, vec![event("same-id", &code, 7.0, now)]).await.expect("publish");
+    let again = publish(&mut client, vec![event("same-id", &code, 7.0, now)])
+        .await
+        .expect("publish");
     assert_eq!(again.results[0].status(), Status::Duplicate, "{again:?}");
     // A later, distinct event proves the aggregator has processed past the duplicate.
-    publish(&mut client, vec![event("other-id", &code, 1.0, now)]).await.expect("publish");
+    publish(&mut client, vec![event("other-id", &code, 1.0, now)])
+        .await
+        .expect("publish");
     let url = format!("{}/api/kpi/{code}?period=day", p.gateway_http);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -145,16 +206,28 @@ async fn the_same_event_id_twice_counts_once() {
             assert_eq!(snap["stats"]["sum"].as_f64(), Some(6.0), "{snap}");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never counted: {snap}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never counted: {snap}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, snap) = get_json(&url).await;
-    assert_eq!(snap["stats"]["count"].as_u64(), Some(2), "the duplicate was counted: {snap}");
+    assert_eq!(
+        snap["stats"]["count"].as_u64(),
+        Some(2),
+        "the duplicate was counted: {snap}"
+    );
 }
 
 async fn upstream(nats: &NatsServer) -> Vec<String> {
-    let mut subs: Vec<String> = nats.subscriptions().await.into_iter().filter(|s| s.starts_with("kpi.updates")).collect();
+    let mut subs: Vec<String> = nats
+        .subscriptions()
+        .await
+        .into_iter()
+        .filter(|s| s.starts_with("kpi.updates"))
+        .collect();
     subs.sort();
     subs
 }
@@ -181,7 +254,11 @@ async fn the_gateway_subscribes_upstream_only_while_a_client_watches() {
 
     let mut b = ws_connect(&url).await;
     next_json(&mut b, Duration::from_secs(10)).await;
-    assert_eq!(upstream(&nats).await, want, "a second client must share the subscription");
+    assert_eq!(
+        upstream(&nats).await,
+        want,
+        "a second client must share the subscription"
+    );
     assert_eq!(gauge(&p).await, Some(1.0));
 
     a.close(None).await.expect("close a");
@@ -189,7 +266,10 @@ async fn the_gateway_subscribes_upstream_only_while_a_client_watches() {
     drop((a, b));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !upstream(&nats).await.is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "upstream subscription kept after the last client left");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upstream subscription kept after the last client left"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(gauge(&p).await, Some(0.0));
@@ -206,7 +286,13 @@ fn hostile_codes() -> Vec<String> {
 
 fn encode(code: &str) -> String {
     code.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.' || b == b'*' { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.' || b == b'*' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -219,35 +305,51 @@ async fn hostile_codes_are_refused_everywhere_and_never_reach_nats() {
         let err = publish(&mut client, vec![event("", &code, 1.0, SystemTime::now())])
             .await
             .expect_err(&format!("ingest accepted {code:?}"));
-        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{code:?}: {err:?}");
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{code:?}: {err:?}"
+        );
         assert!(!err.message().is_empty());
 
         let path = encode(&code);
         for url in [
             format!("{}/api/kpi/{path}?period=minute", p.gateway_http),
             format!("{}/api/kpi/{path}/history?period=minute", p.gateway_http),
-            format!("{}/api/kpi/{path}/updates?period=minute&since=0&wait=0", p.gateway_http),
+            format!(
+                "{}/api/kpi/{path}/updates?period=minute&since=0&wait=0",
+                p.gateway_http
+            ),
             format!("{}/sse/kpi/{path}?period=minute", p.gateway_http),
         ] {
             let (status, body) = get_json(&url).await;
             assert!((400..500).contains(&status), "{url}: {status} {body}");
             assert_eq!(body["type"], "error", "{url}: {body}");
         }
-        let ws = tokio_tungstenite::connect_async(format!("{}/ws/kpi/{path}?period=minute", p.gateway_ws)).await;
+        let ws = tokio_tungstenite::connect_async(format!(
+            "{}/ws/kpi/{path}?period=minute",
+            p.gateway_ws
+        ))
+        .await;
         match ws {
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 400, "{code:?}"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 400, "{code:?}")
+            }
             other => panic!("/ws/kpi accepted {code:?}: {:?}", other.map(|_| ())),
         }
         let mut mux = ws_connect(&format!("{}/ws", p.gateway_ws)).await;
         let sub = serde_json::json!({"type":"subscribe","kpi":code,"period":"minute"});
-        mux.send(Message::text(sub.to_string())).await.expect("send");
+        mux.send(Message::text(sub.to_string()))
+            .await
+            .expect("send");
         let reply = next_json(&mut mux, Duration::from_secs(5)).await;
         assert_eq!(reply["type"], "error", "{code:?}: {reply}");
         assert_eq!(reply["code"], "invalid_kpi", "{reply}");
     }
     let subs = nats.subscriptions().await;
     assert!(
-        subs.iter().all(|s| !s.starts_with("kpi.") || !(s.contains('*') || s.contains('>'))),
+        subs.iter()
+            .all(|s| !s.starts_with("kpi.") || !(s.contains('*') || s.contains('>'))),
         "a wildcard KPI subscription reached NATS: {subs:?}"
     );
     assert!(upstream(&nats).await.is_empty(), "{subs:?}");

@@ -10,7 +10,8 @@ use kpi_proto::v1::{Event, PublishRequest, PublishResponse};
 use kpi_test_support::{free_port, Service};
 use tokio_tungstenite::tungstenite::Message;
 
-pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// ingest, aggregator and gateway as separate processes on free ports.
 pub struct Pipeline {
@@ -24,15 +25,28 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub async fn start(nats_url: &str, gateway_args: &[&str]) -> Pipeline {
-        let (grpc, ingest_http, agg_http, gw) = (free_port(), free_port(), free_port(), free_port());
+        let (grpc, ingest_http, agg_http, gw) =
+            (free_port(), free_port(), free_port(), free_port());
         let ingest = Service::spawn(
             "kpi-ingest",
-            &["--listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{ingest_http}")],
+            &[
+                "--listen",
+                &format!("127.0.0.1:{grpc}"),
+                "--http-listen",
+                &format!("127.0.0.1:{ingest_http}"),
+            ],
             &[("NATS_URL", nats_url)],
         );
         let aggregator = Service::spawn(
             "kpi-aggregator",
-            &["--listen", &format!("127.0.0.1:{agg_http}"), "--coalesce-ms", "20", "--checkpoint-ms", "200"],
+            &[
+                "--listen",
+                &format!("127.0.0.1:{agg_http}"),
+                "--coalesce-ms",
+                "20",
+                "--checkpoint-ms",
+                "200",
+            ],
             &[("NATS_URL", nats_url)],
         );
         let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{gw}")];
@@ -40,9 +54,15 @@ impl Pipeline {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let gateway = Service::spawn("kpi-gateway", &args, &[("NATS_URL", nats_url)]);
         let wait = Duration::from_secs(30);
-        ingest.wait_http_ok(&format!("http://127.0.0.1:{ingest_http}/readyz"), wait).await;
-        aggregator.wait_http_ok(&format!("http://127.0.0.1:{agg_http}/readyz"), wait).await;
-        gateway.wait_http_ok(&format!("http://127.0.0.1:{gw}/readyz"), wait).await;
+        ingest
+            .wait_http_ok(&format!("http://127.0.0.1:{ingest_http}/readyz"), wait)
+            .await;
+        aggregator
+            .wait_http_ok(&format!("http://127.0.0.1:{agg_http}/readyz"), wait)
+            .await;
+        gateway
+            .wait_http_ok(&format!("http://127.0.0.1:{gw}/readyz"), wait)
+            .await;
         Pipeline {
             ingest,
             aggregator,
@@ -54,7 +74,9 @@ impl Pipeline {
     }
 
     pub async fn client(&self) -> IngestClient<tonic::transport::Channel> {
-        IngestClient::connect(self.grpc.clone()).await.expect("connect to ingest")
+        IngestClient::connect(self.grpc.clone())
+            .await
+            .expect("connect to ingest")
     }
 }
 
@@ -72,7 +94,10 @@ pub async fn publish(
     client: &mut IngestClient<tonic::transport::Channel>,
     events: Vec<Event>,
 ) -> Result<PublishResponse, tonic::Status> {
-    client.publish(PublishRequest { events }).await.map(|r| r.into_inner())
+    client
+        .publish(PublishRequest { events })
+        .await
+        .map(|r| r.into_inner())
 }
 
 /// A unique KPI code, so tests sharing nothing but the code's prefix never collide.
@@ -87,7 +112,9 @@ pub fn unique(prefix: &str) -> String {
 /// The start of a minute with at least 25 s left, so a test's events all land in it.
 pub async fn roomy_minute() -> SystemTime {
     loop {
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock after 1970");
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("clock after 1970");
         let into = now.as_secs() % 60;
         if into < 35 {
             return SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs() - into);
