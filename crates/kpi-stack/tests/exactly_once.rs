@@ -12,9 +12,12 @@ use serde_json::Value;
 
 const PERIODS: [(&str, u64); 3] = [("minute", 60), ("hour", 3600), ("day", 86400)];
 
-/// Ground truth per (kpi, period, bucket start secs): (count, sum, min, max).
+/// A bucket as compared: (count, sum, min, max).
+type Agg = (u64, f64, f64, f64);
+
+/// Ground truth per (kpi, period, bucket start secs).
 #[derive(Default)]
-struct Truth(HashMap<(String, &'static str, u64), (u64, f64, f64, f64)>);
+struct Truth(HashMap<(String, &'static str, u64), Agg>);
 
 impl Truth {
     fn add(&mut self, e: &Event) {
@@ -53,8 +56,8 @@ fn secs(rfc: &Value) -> u64 {
 
 /// Every bucket a client can see for a KPI and period: history (newest record
 /// per bucket) plus the current snapshot and its `previous`.
-async fn visible(gw: &str, kpi: &str, period: &str) -> BTreeMap<u64, (u64, f64, f64, f64)> {
-    let mut out: BTreeMap<u64, (u64, (u64, f64, f64, f64))> = BTreeMap::new();
+async fn visible(gw: &str, kpi: &str, period: &str) -> BTreeMap<u64, Agg> {
+    let mut out: BTreeMap<u64, (u64, Agg)> = BTreeMap::new();
     let mut put = |start: u64, seq: u64, stats: &Value| {
         let v = (
             stats["count"].as_u64().unwrap_or(0),
