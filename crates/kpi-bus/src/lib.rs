@@ -11,7 +11,7 @@ pub mod memory;
 pub mod nats;
 
 use bytes::Bytes;
-use kpi_core::{EventRecord, Topic};
+use kpi_core::{EventRecord, KpiCode, Topic};
 
 pub use config::BusConfig;
 pub use error::BusError;
@@ -160,6 +160,15 @@ impl Bus {
         match self {
             Bus::Memory(b) => b.history(topic, max).await,
             Bus::Nats(b) => b.history(topic, max).await,
+        }
+    }
+
+    /// The KPI codes that have stored updates (in any period), sorted, at
+    /// most `max` of them: what a dashboard offers to pick from.
+    pub async fn known_kpis(&self, max: usize) -> Result<Vec<KpiCode>, BusError> {
+        match self {
+            Bus::Memory(b) => b.known_kpis(max).await,
+            Bus::Nats(b) => b.known_kpis(max).await,
         }
     }
 

@@ -1,11 +1,11 @@
 //! The in-process bus: the same semantics as the NATS one, held in memory, for one-process use.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use kpi_core::{partition_of, EventRecord, Topic};
+use kpi_core::{partition_of, EventRecord, KpiCode, Topic};
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, Notify};
 
@@ -202,6 +202,18 @@ impl MemoryBus {
     pub(crate) async fn history(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>, BusError> {
         let st = self.inner.state.lock();
         Ok(tail(st.history.get(&topic.history_subject()), max))
+    }
+
+    pub(crate) async fn known_kpis(&self, max: usize) -> Result<Vec<KpiCode>, BusError> {
+        let st = self.inner.state.lock();
+        let codes: BTreeSet<KpiCode> = st
+            .updates
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .filter_map(|(subject, _)| Topic::from_updates_subject(subject))
+            .map(|t| t.code)
+            .collect();
+        Ok(codes.into_iter().take(max).collect())
     }
 
     pub(crate) async fn broadcast(&self, payload: Bytes) -> Result<(), BusError> {

@@ -4,6 +4,7 @@
 //! streams are created directly rather than through the KV helpers, and
 //! "latest per subject" is read with the stream's message-get API.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -13,7 +14,7 @@ use kpi_core::subject::{
     checkpoint_subject, event_subject, partition_filter, BROADCAST_SUBJECT, CHECKPOINT_WILDCARD,
     EVENTS_WILDCARD, HISTORY_WILDCARD, UPDATES_WILDCARD,
 };
-use kpi_core::{partition_of, EventRecord, Topic};
+use kpi_core::{partition_of, EventRecord, KpiCode, Topic};
 
 use crate::{
     Appended, BusConfig, BusError, EventFeed, FeedInner, Live, StoredEvent, SubInner,
@@ -27,6 +28,8 @@ pub const CHECKPOINT_STREAM: &str = "KPI_CHECKPOINTS";
 
 /// Reading back a topic's stored messages never takes longer than this.
 const READBACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// `known_kpis` reads at most this many update subjects (three per code).
+const MAX_SUBJECTS_LISTED: usize = 300_000;
 
 #[derive(Clone)]
 pub struct NatsBus {
@@ -247,6 +250,44 @@ impl NatsBus {
 
     pub(crate) async fn history(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>, BusError> {
         read_subject(&self.history, &topic.history_subject(), max).await
+    }
+
+    /// Reads the subjects of `KPI_UPDATES` from the stream info (the server
+    /// pages them), reading at most [`MAX_SUBJECTS_LISTED`] subjects and for
+    /// no longer than the readback timeout, then keeps the first `max` codes
+    /// in order. Subjects arrive unordered, so the whole (bounded) list is
+    /// read before cutting: a page of codes stays stable between calls.
+    pub(crate) async fn known_kpis(&self, max: usize) -> Result<Vec<KpiCode>, BusError> {
+        let mut codes = BTreeSet::new();
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let read = async {
+            let mut subjects = self
+                .updates
+                .info_with_subjects(UPDATES_WILDCARD)
+                .await
+                .map_err(BusError::unavailable)?;
+            let mut seen = 0usize;
+            while let Some(item) = subjects.next().await {
+                let (subject, count) = item.map_err(BusError::unavailable)?;
+                seen += 1;
+                if count > 0 {
+                    if let Some(topic) = Topic::from_updates_subject(&subject) {
+                        codes.insert(topic.code);
+                    }
+                }
+                if seen >= MAX_SUBJECTS_LISTED {
+                    tracing::warn!(seen, "listing KPI codes stopped at the subject cap");
+                    break;
+                }
+            }
+            Ok::<(), BusError>(())
+        };
+        tokio::time::timeout(READBACK_TIMEOUT, read)
+            .await
+            .map_err(|_| BusError::Unavailable("listing KPI codes timed out".into()))??;
+        Ok(codes.into_iter().take(max).collect())
     }
 
     pub(crate) async fn broadcast(&self, payload: Bytes) -> Result<(), BusError> {

@@ -549,6 +549,42 @@ async fn nats_bus_runs_on_a_three_node_cluster() {
     );
 }
 
+async fn known_kpis_lists_codes_with_stored_updates_sorted_and_bounded(fx: Fixture) {
+    let bus = &fx.bus;
+    assert!(bus.known_kpis(100).await.expect("known kpis").is_empty());
+    // Two periods of one code count once; history and events alone do not
+    // make a code known, since a dashboard could not show it.
+    for (kpi, period) in [
+        ("zeta", Period::Minute),
+        ("alpha", Period::Minute),
+        ("alpha", Period::Hour),
+        ("mid-1", Period::Day),
+    ] {
+        bus.publish_update(&topic(kpi, period), Bytes::from_static(b"u"))
+            .await
+            .expect("publish");
+    }
+    bus.publish_history(
+        &topic("only_history", Period::Minute),
+        Bytes::from_static(b"h"),
+    )
+    .await
+    .expect("history");
+    append(bus, &event("k1", &code("only_events"), 1.0)).await;
+
+    let names = |codes: Vec<KpiCode>| codes.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        names(bus.known_kpis(100).await.expect("known kpis")),
+        ["alpha", "mid-1", "zeta"]
+    );
+    // The bound keeps the first codes in order, so a page of them is stable.
+    assert_eq!(
+        names(bus.known_kpis(2).await.expect("known kpis")),
+        ["alpha", "mid-1"]
+    );
+    assert!(bus.known_kpis(0).await.expect("known kpis").is_empty());
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -581,4 +617,5 @@ conformance!(
     checkpoints_are_saved_loaded_and_replaced,
     dropping_a_subscription_removes_interest,
     broadcast_reaches_every_broadcast_subscriber,
+    known_kpis_lists_codes_with_stored_updates_sorted_and_bounded,
 );

@@ -4,6 +4,7 @@
 //! type that crosses a process boundary (a bus payload, a JSON message a
 //! client sees, a subject name) is defined here exactly once.
 
+pub mod access;
 pub mod code;
 pub mod event;
 pub mod message;
@@ -13,9 +14,10 @@ pub mod stats;
 pub mod subject;
 pub mod time;
 
+pub use access::{KpiGrants, KpiPattern, PatternError};
 pub use code::{CodeError, KpiCode};
 pub use event::{EventError, EventRecord};
-pub use message::{ClientMessage, ErrorMessage, StatsView, UpdateKind, UpdateMessage};
+pub use message::{ClientMessage, ErrorMessage, Secret, StatsView, UpdateKind, UpdateMessage};
 pub use partition::partition_of;
 pub use period::{Period, PeriodError};
 pub use stats::Stats;

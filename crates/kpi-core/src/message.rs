@@ -163,6 +163,29 @@ pub enum ClientMessage {
         #[serde(default)]
         id: Option<serde_json::Value>,
     },
+    /// A fresh JWT for this connection: its KPI list replaces the old one,
+    /// and its expiry becomes the connection's.
+    Auth {
+        token: Secret,
+    },
+}
+
+/// A credential inside a message: `Debug` never shows it, so logging a
+/// message cannot leak a token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 #[cfg(test)]
@@ -207,5 +230,14 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"explode"}"#).is_err());
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"auth","token":"abc.def.ghi"}"#).expect("auth");
+        assert_eq!(
+            m,
+            ClientMessage::Auth {
+                token: Secret("abc.def.ghi".into())
+            }
+        );
+        assert!(!format!("{m:?}").contains("abc"));
     }
 }

@@ -46,6 +46,17 @@ impl Topic {
         format!("kpi.updates.{}.{}", self.code, self.period)
     }
 
+    /// The topic an updates subject names, or `None` for anything else:
+    /// the inverse of [`Topic::updates_subject`], for listing what is stored.
+    pub fn from_updates_subject(subject: &str) -> Option<Topic> {
+        let rest = subject.strip_prefix("kpi.updates.")?;
+        let (code, period) = rest.split_once('.')?;
+        Some(Topic::new(
+            KpiCode::parse(code).ok()?,
+            Period::parse(period).ok()?,
+        ))
+    }
+
     /// Closed buckets: `kpi.history.<code>.<period>`.
     pub fn history_subject(&self) -> String {
         format!("kpi.history.{}.{}", self.code, self.period)
@@ -55,5 +66,25 @@ impl Topic {
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.code, self.period)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_subject_round_trips_and_rejects_other_subjects() {
+        let t = Topic::new(KpiCode::parse("rev-1_a").expect("code"), Period::Hour);
+        assert_eq!(Topic::from_updates_subject(&t.updates_subject()), Some(t));
+        for bad in [
+            "kpi.history.a.hour",
+            "kpi.updates.a",
+            "kpi.updates.a.week",
+            "kpi.updates.a.b.hour",
+            "kpi.updates..hour",
+        ] {
+            assert_eq!(Topic::from_updates_subject(bad), None, "{bad}");
+        }
     }
 }

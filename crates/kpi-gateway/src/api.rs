@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use kpi_core::{StatsView, Topic, UpdateMessage};
 use serde_json::json;
 
+use crate::access::Caller;
 use crate::outbox::{Out, Outbox};
 use crate::request::{self, ApiError};
 use crate::server::AppState;
@@ -31,10 +32,12 @@ fn json_response(body: Bytes) -> Response {
 /// `GET /api/kpi/<code>?period=`: the current value as a snapshot message.
 pub(crate) async fn snapshot(
     State(app): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     Query(q): Query<request::Query>,
 ) -> Result<Response, ApiError> {
     let topic = request::topic(path, &q)?;
+    caller.may_read(&topic.code, "read_snapshot")?;
     Ok(json_response(current_snapshot(&app, &topic).await?))
 }
 
@@ -52,10 +55,12 @@ async fn current_snapshot(app: &AppState, topic: &Topic) -> Result<Bytes, ApiErr
 /// one entry per bucket (a correction replaces the bucket's earlier record).
 pub(crate) async fn history(
     State(app): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     Query(q): Query<request::Query>,
 ) -> Result<Response, ApiError> {
     let topic = request::topic(path, &q)?;
+    caller.may_read(&topic.code, "read_history")?;
     let limit = request::number(&q, "limit")?.unwrap_or(DEFAULT_HISTORY_LIMIT);
     if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -97,10 +102,12 @@ pub(crate) async fn history(
 /// waiting up to `wait` seconds for the first new update when there is none.
 pub(crate) async fn updates(
     State(app): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     Query(q): Query<request::Query>,
 ) -> Result<Response, ApiError> {
     let topic = request::topic(path, &q)?;
+    caller.may_read(&topic.code, "read_updates")?;
     let since = request::number(&q, "since")?;
     let wait = request::number(&q, "wait")?
         .map(Duration::from_secs)

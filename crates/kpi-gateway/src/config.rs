@@ -5,9 +5,12 @@
 //! anything is bound so a bad value stops the process with a clear message.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
+
+use crate::auth::JwtSettings;
 
 use crate::GatewayError;
 
@@ -58,14 +61,57 @@ pub struct Cli {
     /// Updates kept per topic in memory for `since` resumes.
     #[arg(long, env = "KPI_RESUME_WINDOW", default_value_t = 256)]
     pub resume_window: usize,
-    /// Serve clients without a token (JWT access comes later).
-    #[arg(long, env = "KPI_ALLOW_ANONYMOUS", default_value_t = true, action = ArgAction::Set)]
-    pub allow_anonymous: bool,
+    /// Serve clients without a token. Default: true when no JWT key is
+    /// configured, false when one is.
+    #[arg(long, env = "KPI_ALLOW_ANONYMOUS", action = ArgAction::Set)]
+    pub allow_anonymous: Option<bool>,
+    /// File holding the HS256 shared secret (at least 32 bytes).
+    #[arg(long, env = "KPI_JWT_HS256_SECRET_FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// PEM file with the RSA public key for RS256 tokens.
+    #[arg(long, env = "KPI_JWT_RSA_PUBLIC_KEY_FILE")]
+    pub jwt_rsa_public_key_file: Option<PathBuf>,
+    /// PEM file with the Ed25519 public key for EdDSA tokens.
+    #[arg(long, env = "KPI_JWT_ED25519_PUBLIC_KEY_FILE")]
+    pub jwt_ed25519_public_key_file: Option<PathBuf>,
+    /// JWK set file; a token's `kid` selects the key.
+    #[arg(long, env = "KPI_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Required `aud` claim.
+    #[arg(long, env = "KPI_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Required `iss` claim.
+    #[arg(long, env = "KPI_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "KPI_JWT_LEEWAY_SECS", default_value_t = 5)]
+    pub jwt_leeway_secs: u64,
+    /// Origins whose pages may open WebSockets and SSE streams
+    /// (comma-separated, e.g. `https://a.example,https://b.example`); empty allows all.
+    #[arg(long, env = "KPI_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// New WebSocket/SSE connections per second per client IP (bursts of
+    /// twice that); 0 = no limit. Off by default: behind a balancer every
+    /// client has the balancer's address, and load generators share one.
+    #[arg(long, env = "KPI_MAX_CONNECTIONS_PER_IP_PER_SEC", default_value_t = 0)]
+    pub max_connections_per_ip_per_sec: u32,
+    /// A client must send its whole request head within this many seconds.
+    #[arg(long, env = "KPI_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
 }
 
 impl Cli {
     /// The part of the flags `run` needs.
     pub fn settings(&self) -> GatewaySettings {
+        let jwt = JwtSettings {
+            hs256_secret_file: self.jwt_hs256_secret_file.clone(),
+            rsa_public_key_file: self.jwt_rsa_public_key_file.clone(),
+            ed25519_public_key_file: self.jwt_ed25519_public_key_file.clone(),
+            jwks_file: self.jwks_file.clone(),
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+            leeway: Duration::from_secs(self.jwt_leeway_secs),
+        };
         GatewaySettings {
             linger: Duration::from_millis(self.linger_ms),
             queue_capacity: self.queue_capacity,
@@ -80,7 +126,16 @@ impl Cli {
             sse_keepalive: Duration::from_secs(self.sse_keepalive_secs),
             poll_max_wait: Duration::from_secs(self.poll_max_wait_secs),
             resume_window: self.resume_window,
-            allow_anonymous: self.allow_anonymous,
+            allow_anonymous: self.allow_anonymous.unwrap_or(!jwt.any_key()),
+            jwt,
+            allowed_origins: self
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            max_connections_per_ip_per_sec: self.max_connections_per_ip_per_sec,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
         }
     }
 }
@@ -112,7 +167,17 @@ pub struct GatewaySettings {
     pub poll_max_wait: Duration,
     /// Updates kept per topic in memory for `since` resumes.
     pub resume_window: usize,
+    /// Serve clients that present no token (they may read every KPI). The
+    /// binary turns this off by default when a JWT key is configured.
     pub allow_anonymous: bool,
+    /// Where JWT verification keys come from; none configured = no tokens.
+    pub jwt: JwtSettings,
+    /// Origins allowed to open WebSockets and SSE streams; empty allows all.
+    pub allowed_origins: Vec<String>,
+    /// New WebSocket/SSE connections per second per client IP; 0 = no limit.
+    pub max_connections_per_ip_per_sec: u32,
+    /// Longest time a client may take to send its request head (slowloris).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for GatewaySettings {
@@ -132,6 +197,10 @@ impl Default for GatewaySettings {
             poll_max_wait: Duration::from_secs(30),
             resume_window: 256,
             allow_anonymous: true,
+            jwt: JwtSettings::default(),
+            allowed_origins: Vec::new(),
+            max_connections_per_ip_per_sec: 0,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -169,9 +238,21 @@ impl GatewaySettings {
         if self.resume_window == 0 || self.resume_window > 100_000 {
             return bad("resume window must be between 1 and 100000");
         }
-        if !self.allow_anonymous {
-            // Refusing to start beats silently serving everyone.
-            return bad("token authentication is not implemented yet; allow anonymous access");
+        if !self.allow_anonymous && !self.jwt.any_key() {
+            // Nobody could read anything: surely a missing flag.
+            return bad(
+                "anonymous access is off but no JWT key is configured (--jwt-hs256-secret-file, --jwt-rsa-public-key-file, --jwt-ed25519-public-key-file or --jwks-file)",
+            );
+        }
+        if self.header_read_timeout.is_zero() {
+            return bad("header read timeout must be positive");
+        }
+        for o in &self.allowed_origins {
+            if !(o.starts_with("http://") || o.starts_with("https://")) {
+                return bad(&format!(
+                    "allowed origin {o:?} must look like https://host[:port]"
+                ));
+            }
         }
         Ok(())
     }
@@ -213,6 +294,38 @@ mod tests {
     fn allow_anonymous_takes_a_value() {
         let cli = Cli::try_parse_from(["g", "--nats-url", "n", "--allow-anonymous", "false"])
             .expect("parse");
-        assert!(!cli.allow_anonymous);
+        assert_eq!(cli.allow_anonymous, Some(false));
+        assert!(
+            cli.settings().validate().is_err(),
+            "no key and no anonymous"
+        );
+    }
+
+    #[test]
+    fn a_jwt_key_turns_anonymous_off_unless_asked_for() {
+        let base = ["g", "--nats-url", "n", "--jwt-hs256-secret-file", "/k"];
+        let cli = Cli::try_parse_from(base).expect("parse");
+        assert!(!cli.settings().allow_anonymous);
+        assert!(cli.settings().validate().is_ok());
+        let mut with = base.to_vec();
+        with.extend(["--allow-anonymous", "true"]);
+        assert!(
+            Cli::try_parse_from(with)
+                .expect("parse")
+                .settings()
+                .allow_anonymous
+        );
+        let cli = Cli::try_parse_from([
+            "g",
+            "--nats-url",
+            "n",
+            "--allowed-origins",
+            "https://a.example, https://b.example",
+        ])
+        .expect("parse");
+        assert_eq!(
+            cli.settings().allowed_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
     }
 }

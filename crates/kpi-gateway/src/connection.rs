@@ -24,6 +24,10 @@ use crate::outbox::{Out, Outbox};
 /// Messages written before one flush, so a burst costs few syscalls.
 const MAX_BATCH: usize = 64;
 
+/// tungstenite's per-connection read buffer. Small because an idle dashboard
+/// connection must cost little memory and clients send only short messages.
+pub(crate) const READ_BUFFER_BYTES: usize = 1024;
+
 /// What the reading side decided.
 pub(crate) enum Flow {
     Continue,
@@ -101,13 +105,17 @@ pub(crate) async fn drive<H: Inbound>(
             frame = stream.next() => {
                 let msg = match frame {
                     None => break End::Gone,
-                    Some(Err(e)) => {
-                        if is_too_big(e) {
+                    Some(Err(e)) => match read_error(e) {
+                        ReadError::TooBig => {
                             crate::metrics::rejected("frame_too_big");
                             break End::Close(close_codes::TOO_BIG, "message too big", None);
                         }
-                        break End::Gone;
-                    }
+                        ReadError::BadUtf8 => {
+                            crate::metrics::rejected("invalid_utf8");
+                            break End::Close(close_codes::INVALID_PAYLOAD, "text frame is not UTF-8", None);
+                        }
+                        ReadError::Other => break End::Gone,
+                    },
                     Some(Ok(msg)) => msg,
                 };
                 last_heard = Instant::now();
@@ -164,12 +172,20 @@ pub(crate) async fn drive<H: Inbound>(
     writer.abort();
 }
 
-fn is_too_big(e: axum::Error) -> bool {
+enum ReadError {
+    TooBig,
+    /// A text frame that is not UTF-8: the client gets 1007, not a dropped socket.
+    BadUtf8,
+    Other,
+}
+
+fn read_error(e: axum::Error) -> ReadError {
     use tokio_tungstenite::tungstenite::Error;
-    matches!(
-        e.into_inner().downcast_ref::<Error>(),
-        Some(Error::Capacity(_))
-    )
+    match e.into_inner().downcast_ref::<Error>() {
+        Some(Error::Capacity(_)) => ReadError::TooBig,
+        Some(Error::Utf8(_)) => ReadError::BadUtf8,
+        _ => ReadError::Other,
+    }
 }
 
 async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox) {

@@ -7,17 +7,25 @@
 //! fixed amount of memory. Transports (`ws`, `ws_mux`, `sse`, `api`) only
 //! translate between their wire format and hub subscriptions.
 
+mod access;
+mod admin;
 pub mod api;
+mod assets;
+pub mod audit;
+pub mod auth;
 pub mod close_codes;
 pub mod config;
 mod connection;
 pub mod error;
+mod http;
 pub mod hub;
+pub mod ip_rate;
 pub mod limits;
 pub mod metrics;
+pub mod origin;
 pub mod outbox;
 pub mod rate;
-mod request;
+pub mod request;
 pub mod server;
 pub mod sse;
 pub mod topic;

@@ -95,3 +95,22 @@ pub fn number(q: &Query, name: &str) -> Result<Option<u64>, ApiError> {
         }),
     }
 }
+
+/// Parses a raw query string (`period=hour&since=4`) the way the handlers'
+/// `Query` extractor does. Pure and total: any input yields a map or a 400.
+pub fn parse_query(raw: &str) -> Result<Query, ApiError> {
+    let uri: axum::http::Uri = format!("/?{raw}")
+        .parse()
+        .map_err(|_| ApiError::bad_request("bad_request", "the query string is malformed"))?;
+    axum::extract::Query::<Query>::try_from_uri(&uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::bad_request("bad_request", e.body_text()))
+}
+
+/// A topic endpoint's inputs, as its handler reads them: the code from the
+/// path (already percent-decoded) and `period` and `since` from the query.
+pub fn parse_target(code: &str, raw_query: &str) -> Result<(Topic, Option<u64>), ApiError> {
+    let q = parse_query(raw_query)?;
+    let topic = Topic::new(parse_code(code)?, period(&q)?);
+    Ok((topic, number(&q, "since")?))
+}

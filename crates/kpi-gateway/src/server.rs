@@ -7,8 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::response::Html;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use kpi_bus::Bus;
 use kpi_service::{Readiness, Shutdown};
@@ -26,19 +25,22 @@ pub(crate) struct AppState {
     pub connections: Connections,
     /// Fires when draining starts; connections end on it.
     pub shutdown: Shutdown,
+    /// Tokens, the anonymous policy, origins, per-IP limits, maintenance, open clients.
+    pub security: crate::access::Security,
 }
-
-const INDEX_HTML: &str = include_str!("index.html");
 
 fn router(state: AppState, readiness: Readiness) -> Router {
     Router::new()
-        .route("/", get(|| async { Html(INDEX_HTML) }))
+        // The dashboard page, its assets, /kpistream.js and /api/kpis.
+        .merge(crate::assets::routes())
         .route("/ws", get(crate::ws_mux::handler))
         .route("/ws/kpi/{code}", get(crate::ws::handler))
         .route("/sse/kpi/{code}", get(crate::sse::handler))
         .route("/api/kpi/{code}", get(crate::api::snapshot))
         .route("/api/kpi/{code}/history", get(crate::api::history))
         .route("/api/kpi/{code}/updates", get(crate::api::updates))
+        .route("/api/admin/broadcast", post(crate::admin::broadcast))
+        .route("/api/admin/maintenance", post(crate::admin::maintenance))
         .with_state(state)
         .merge(kpi_service::ops_router(readiness))
 }
@@ -55,6 +57,26 @@ pub async fn run(
     // Installs the recorder before the first metric is touched.
     let _ = kpi_service::telemetry::prometheus();
     crate::metrics::describe();
+    crate::audit::describe();
+    let verifier = crate::auth::Verifier::from_settings(&settings.jwt)
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
+    let security = crate::access::Security::new(
+        verifier,
+        settings.allow_anonymous,
+        crate::origin::OriginPolicy::new(&settings.allowed_origins),
+        crate::ip_rate::IpRate::new(settings.max_connections_per_ip_per_sec),
+    );
+    // Subscribed before serving, so no admin broadcast is missed once we are up.
+    match bus.subscribe_broadcast().await {
+        Ok(sub) => {
+            tokio::spawn(crate::admin::listen(
+                sub,
+                security.clone(),
+                shutdown.clone(),
+            ));
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot receive admin broadcasts"),
+    }
     let settings = Arc::new(settings);
     let hub = Hub::new(bus.clone(), settings.linger, settings.resume_window);
     let connections = Connections::new(settings.max_connections);
@@ -71,18 +93,20 @@ pub async fn run(
         settings: settings.clone(),
         connections: connections.clone(),
         shutdown: shutdown.clone(),
+        security,
     };
     let app = router(state, readiness.clone());
     let local = listener.local_addr()?;
     let stop = shutdown.clone();
     let not_ready = readiness.clone();
+    let header_timeout = settings.header_read_timeout;
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                stop.recv().await;
-                not_ready.set_serving(false);
-            })
-            .await
+        // Not axum::serve: it sets no header-read timeout (see http.rs).
+        crate::http::serve(listener, app, header_timeout, async move {
+            stop.recv().await;
+            not_ready.set_serving(false);
+        })
+        .await
     });
     readiness.set_serving(true);
     tracing::info!(%local, "gateway listening");

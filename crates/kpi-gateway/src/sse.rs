@@ -15,6 +15,8 @@ use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use kpi_service::Shutdown;
 
+use crate::access::{Caller, ExpiryWatch};
+use crate::admin::Registered;
 use crate::hub::Subscription;
 use crate::limits::Permit;
 use crate::metrics::Transport;
@@ -25,11 +27,12 @@ use crate::topic::Start;
 
 pub(crate) async fn handler(
     State(app): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     Query(q): Query<request::Query>,
     headers: HeaderMap,
 ) -> Response {
-    match open(&app, path, &q, &headers).await {
+    match open(&app, &caller, path, &q, &headers).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -37,11 +40,14 @@ pub(crate) async fn handler(
 
 async fn open(
     app: &AppState,
+    caller: &Caller,
     path: Result<Path<String>, PathRejection>,
     q: &request::Query,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let topic = request::topic(path, q)?;
+    caller.may_read(&topic.code, "read_sse")?;
+    app.security.admit(caller, headers)?;
     let mut since = request::number(q, "since")?;
     if let Some(h) = headers.get("last-event-id") {
         let parsed = h.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
@@ -57,7 +63,15 @@ async fn open(
     let outbox = Outbox::new(app.settings.queue_capacity);
     let start = since.map_or(Start::Snapshot, Start::Since);
     let sub = interest.attach(&outbox, 1, start);
+    let expiry = ExpiryWatch::start(
+        &outbox,
+        caller.access.expires_at(),
+        caller.access.subject().map(str::to_owned),
+    );
     let stream = events(Open {
+        _listed: app.security.clients().register(&outbox),
+        _expiry: expiry,
+        ending: false,
         outbox,
         _sub: sub,
         _permit: permit,
@@ -70,6 +84,10 @@ async fn open(
 
 /// What an open SSE response holds; dropping it (client gone or shutdown) unsubscribes.
 struct Open {
+    _listed: Registered,
+    _expiry: ExpiryWatch,
+    /// A closing error was sent as the last event; end on the next poll.
+    ending: bool,
     outbox: Outbox,
     _sub: Subscription,
     _permit: Permit,
@@ -77,7 +95,10 @@ struct Open {
 }
 
 fn events(open: Open) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures::stream::unfold(open, |open| async move {
+    futures::stream::unfold(open, |mut open| async move {
+        if open.ending {
+            return None;
+        }
         loop {
             // Ending the stream on shutdown lets the HTTP server drain.
             let out = tokio::select! {
@@ -93,7 +114,24 @@ fn events(open: Open) -> impl Stream<Item = Result<Event, Infallible>> {
                     let event = Event::default().id(seq.to_string()).data(text);
                     return Some((Ok(event), open));
                 }
-                Out::Control(_) | Out::Ping => continue,
+                // System messages (admin broadcasts): an event without an id,
+                // so they do not disturb Last-Event-ID resumption.
+                Out::Control(bytes) => {
+                    let Ok(text) = std::str::from_utf8(&bytes) else {
+                        continue;
+                    };
+                    return Some((Ok(Event::default().data(text)), open));
+                }
+                Out::Ping => continue,
+                // A close with a reason (an expired token): say why, then end.
+                Out::Close { error: Some(e), .. } => {
+                    let Ok(text) = std::str::from_utf8(&e) else {
+                        return None;
+                    };
+                    let event = Event::default().data(text);
+                    open.ending = true;
+                    return Some((Ok(event), open));
+                }
                 Out::Close { .. } => return None,
             }
         }

@@ -83,7 +83,9 @@ pub enum Start {
 }
 
 impl TopicShared {
-    pub(crate) fn new(topic: Topic, window: usize) -> Arc<Self> {
+    /// A topic keeping `window` recent updates. The hub creates them; this is
+    /// public so benchmarks and tools can drive fan-out without a bus.
+    pub fn new(topic: Topic, window: usize) -> Arc<Self> {
         Arc::new(TopicShared {
             topic,
             state: Mutex::new(TopicState {
@@ -103,7 +105,7 @@ impl TopicShared {
 
     /// Appends updates newer than the latest, in order, fanning each out.
     /// Older or repeated ones (a republish after an aggregator restart) are dropped.
-    pub(crate) fn apply(&self, batch: Vec<(u64, Bytes)>) {
+    pub fn apply(&self, batch: Vec<(u64, Bytes)>) {
         let mut st = self.state.lock();
         for (seq, bytes) in batch {
             if seq <= st.latest_seq && st.latest.is_some() {
@@ -133,8 +135,10 @@ impl TopicShared {
     }
 
     /// Registers a subscriber and queues its first messages, under the lock
-    /// fan-out takes, so nothing is missed or repeated in between.
-    pub(crate) fn attach(self: &Arc<Self>, outbox: &Outbox, sub: SubId, start: Start) {
+    /// fan-out takes, so nothing is missed or repeated in between. (Clients
+    /// go through [`crate::hub::Interest::attach`], which also holds the
+    /// upstream subscription.)
+    pub fn attach(self: &Arc<Self>, outbox: &Outbox, sub: SubId, start: Start) {
         let mut st = self.state.lock();
         let latest = st.latest_seq;
         match start {

@@ -7,9 +7,10 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::access::{Access, Caller, ExpiryWatch};
 use crate::connection::{self, Flow, Inbound, Timing};
 use crate::hub::Interest;
 use crate::limits::Permit;
@@ -21,11 +22,13 @@ use crate::topic::Start;
 
 pub(crate) async fn handler(
     State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     Query(q): Query<request::Query>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match prepare(&app, path, &q, ws).await {
+    match prepare(&app, &caller, &headers, path, &q, ws).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -33,11 +36,15 @@ pub(crate) async fn handler(
 
 async fn prepare(
     app: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
     path: Result<Path<String>, PathRejection>,
     q: &request::Query,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let topic = request::topic(path, q)?;
+    caller.may_read(&topic.code, "read_ws")?;
+    app.security.admit(caller, headers)?;
     let start = match request::number(q, "since")? {
         Some(since) => Start::Since(since),
         None => Start::Snapshot,
@@ -50,8 +57,9 @@ async fn prepare(
     // Subscribed before the upgrade: a bus failure is still a clean 503.
     let interest = app.hub.watch(topic).await?;
     let app = app.clone();
+    let access = caller.access.clone();
     Ok(upgrade(ws, &app)
-        .on_upgrade(move |socket| serve(socket, app, interest, start, permit))
+        .on_upgrade(move |socket| serve(socket, app, interest, start, permit, access))
         .into_response())
 }
 
@@ -69,11 +77,32 @@ pub(crate) fn too_many(permit: Option<Permit>) -> Result<Permit, ApiError> {
 /// Applies the frame limits; tungstenite then refuses anything larger.
 pub(crate) fn upgrade(ws: WebSocketUpgrade, app: &AppState) -> WebSocketUpgrade {
     let max = app.settings.max_frame_bytes;
-    ws.max_frame_size(max).max_message_size(max)
+    // Echoes `kpistream` when the client offered it (with `bearer.<token>`).
+    ws.max_frame_size(max)
+        .max_message_size(max)
+        // tungstenite zero-fills its whole read buffer on the first read (128 KiB
+        // by default): that was 128 KiB of RSS per idle connection
+        // (benches/README.md). Clients send only small control messages; a
+        // larger frame still arrives, in more reads.
+        .read_buffer_size(crate::connection::READ_BUFFER_BYTES)
+        .protocols([crate::auth::SUBPROTOCOL])
 }
 
-async fn serve(socket: WebSocket, app: AppState, interest: Interest, start: Start, permit: Permit) {
+async fn serve(
+    socket: WebSocket,
+    app: AppState,
+    interest: Interest,
+    start: Start,
+    permit: Permit,
+    access: Access,
+) {
     let outbox = Outbox::new(app.settings.queue_capacity);
+    let _listed = app.security.clients().register(&outbox);
+    let _expiry = ExpiryWatch::start(
+        &outbox,
+        access.expires_at(),
+        access.subject().map(str::to_owned),
+    );
     let sub = interest.attach(&outbox, 1, start);
     connection::drive(
         socket,

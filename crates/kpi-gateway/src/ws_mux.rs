@@ -11,11 +11,15 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use kpi_core::{ClientMessage, ErrorMessage, KpiCode, Period, Topic};
 use serde_json::{json, Value};
 
+use crate::access::{Access, Caller, ExpiryWatch};
+use crate::admin::Registered;
+use crate::audit;
 use crate::close_codes;
 use crate::connection::{self, error_bytes, Flow, Inbound, Timing};
 use crate::hub::Subscription;
@@ -32,25 +36,38 @@ const RATE_REPLY_EVERY: Duration = Duration::from_secs(1);
 
 pub(crate) async fn handler(
     State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
+    if let Err(e) = app.security.admit(&caller, &headers) {
+        return e.into_response();
+    }
     let permit = match crate::ws::too_many(app.connections.try_acquire(Transport::WsMux)) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
     let upgrade = crate::ws::upgrade(ws, &app);
     upgrade
-        .on_upgrade(move |socket| serve(socket, app, permit))
+        .on_upgrade(move |socket| serve(socket, app, permit, caller))
         .into_response()
 }
 
-async fn serve(socket: WebSocket, app: AppState, permit: Permit) {
+async fn serve(socket: WebSocket, app: AppState, permit: Permit, caller: Caller) {
     let outbox = Outbox::new(app.settings.queue_capacity);
+    let expiry = ExpiryWatch::start(
+        &outbox,
+        caller.access.expires_at(),
+        caller.access.subject().map(str::to_owned),
+    );
     let mux = Mux {
+        _listed: app.security.clients().register(&outbox),
+        expiry,
+        caller,
         limiter: RateLimiter::new(app.settings.max_messages_per_sec),
         last_rate_reply: None,
         subs: HashMap::new(),
@@ -66,6 +83,10 @@ async fn serve(socket: WebSocket, app: AppState, permit: Permit) {
 
 struct Mux {
     app: AppState,
+    /// Who this connection is; replaced by a refreshing `auth` message.
+    caller: Caller,
+    expiry: ExpiryWatch,
+    _listed: Registered,
     outbox: Outbox,
     subs: HashMap<Topic, Subscription>,
     next_id: u64,
@@ -178,31 +199,9 @@ impl Mux {
     }
 
     async fn handle(&mut self, text: &str) -> Result<Option<Bytes>, Refusal> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| Refusal::new("bad_message", format!("not JSON: {e}")))?;
-        let kind = value
-            .get("type")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                Refusal::new(
-                    "bad_message",
-                    "a message is a JSON object with a string \"type\"",
-                )
-            })?;
-        if !matches!(
-            kind.as_str(),
-            "subscribe" | "unsubscribe" | "pause" | "resume" | "ping"
-        ) {
-            let shown: String = kind.chars().take(32).collect();
-            return Err(Refusal::new(
-                "unknown_type",
-                format!("unknown message type {shown:?}; use subscribe, unsubscribe, pause, resume or ping"),
-            ));
-        }
-        let msg: ClientMessage = serde_json::from_value(value)
-            .map_err(|e| Refusal::new("bad_message", format!("malformed {kind} message: {e}")))?;
+        let msg = parse_client_message(text).map_err(|e| Refusal::new(e.code, e.message))?;
         match msg {
+            ClientMessage::Auth { token } => self.reauthenticate(token.expose()).map(Some),
             ClientMessage::Subscribe { kpi, period, since } => {
                 self.subscribe(&kpi, &period, since).await
             }
@@ -228,6 +227,13 @@ impl Mux {
         since: Option<u64>,
     ) -> Result<Option<Bytes>, Refusal> {
         let topic = parse_topic(kpi, period)?;
+        if !self.caller.access.may_read(&topic.code) {
+            audit::denied("subscribe", "forbidden_kpi", self.caller.who(), Some(kpi));
+            return Err(
+                Refusal::new("forbidden", format!("this token may not read KPI {kpi:?}"))
+                    .about(kpi, period),
+            );
+        }
         // Subscribing again to the same topic restarts it (fresh snapshot or resume).
         self.subs.remove(&topic);
         if self.subs.len() >= self.app.settings.max_subscriptions {
@@ -292,6 +298,80 @@ impl Mux {
         }
         Ok(reply(what, topic.as_ref()))
     }
+}
+
+impl Mux {
+    /// `{"type":"auth","token":..}`: a fresh token replaces the connection's
+    /// grant and expiry; subscriptions it no longer covers are dropped, each
+    /// with a `forbidden` error. A bad token changes nothing.
+    fn reauthenticate(&mut self, token: &str) -> Result<Bytes, Refusal> {
+        let grant = self.app.security.verify(token).map_err(|e| {
+            audit::denied("reauthenticate", e.reason(), self.caller.who(), None);
+            Refusal::new("unauthorized", e.to_string())
+        })?;
+        self.expiry.set(Some(grant.expires_at));
+        self.caller.access = Access::Token(grant);
+        audit::allowed("reauthenticate", self.caller.who(), "token refreshed");
+        let lost: Vec<Topic> = self
+            .subs
+            .keys()
+            .filter(|t| !self.caller.access.may_read(&t.code))
+            .cloned()
+            .collect();
+        for topic in lost {
+            self.subs.remove(&topic);
+            audit::denied(
+                "resubscribe",
+                "forbidden_kpi",
+                self.caller.who(),
+                Some(topic.code.as_str()),
+            );
+            let e = ErrorMessage::new(
+                "forbidden",
+                "the refreshed token may not read this KPI; the subscription was dropped",
+            )
+            .about(topic.code.as_str(), topic.period.as_str());
+            if let Flow::Close { .. } = self.send(error_bytes(&e)) {
+                return Err(Refusal::new("slow_consumer", "replies were not read"));
+            }
+        }
+        Ok(reply("authenticated", None))
+    }
+}
+
+/// Why a client message could not be parsed: a machine code and a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Parses one `/ws` text message. Pure and total: any input yields a message
+/// or a [`ParseError`] (`bad_message` or `unknown_type`), never a panic.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
+    let bad = |message: String| ParseError {
+        code: "bad_message",
+        message,
+    };
+    let value: Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let kind = value
+        .get("type")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| bad("a message is a JSON object with a string \"type\"".into()))?;
+    if !matches!(
+        kind.as_str(),
+        "subscribe" | "unsubscribe" | "pause" | "resume" | "ping" | "auth"
+    ) {
+        let shown: String = kind.chars().take(32).collect();
+        return Err(ParseError {
+            code: "unknown_type",
+            message: format!(
+                "unknown message type {shown:?}; use subscribe, unsubscribe, pause, resume, ping or auth"
+            ),
+        });
+    }
+    serde_json::from_value(value).map_err(|e| bad(format!("malformed {kind} message: {e}")))
 }
 
 fn parse_topic(kpi: &str, period: &str) -> Result<Topic, Refusal> {

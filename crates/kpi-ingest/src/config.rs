@@ -1,6 +1,7 @@
 //! Settings of kpi-ingest: the binary's flags (with environment fallbacks) and the plain settings `run` takes.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kpi_bus::BusConfig;
@@ -61,6 +62,27 @@ pub struct Config {
     #[arg(long, env = "KPI_PUBLISHER_TOKEN", hide_env_values = true)]
     pub publisher_token: Option<String>,
 
+    /// File of publisher tokens, one `<token> <pattern>[,<pattern>...]` per
+    /// line (patterns: `ops_*`, `infra_cpu`, `*`); see `publishers.rs`.
+    #[arg(long, env = "KPI_PUBLISHER_TOKENS_FILE")]
+    pub publisher_tokens_file: Option<PathBuf>,
+
+    /// Events per second each publisher token may publish; 0 = no limit.
+    #[arg(long, env = "KPI_MAX_PUBLISHES_PER_TOKEN_PER_SEC", default_value_t = 0)]
+    pub max_publishes_per_token_per_sec: u32,
+
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
+    #[arg(long, env = "KPI_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KPI_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: require client certificates signed by it (mutual TLS).
+    #[arg(long, env = "KPI_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Most events accepted in one Publish call.
     #[arg(long, env = "KPI_MAX_BATCH", default_value_t = 10_000)]
     pub max_batch: usize,
@@ -93,6 +115,15 @@ impl Config {
         if self.duplicate_window_secs == 0 {
             return Err(bad("--duplicate-window-secs", "must be at least 1"));
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(bad("--tls-cert", "--tls-cert and --tls-key go together"));
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(bad(
+                "--tls-client-ca",
+                "client certificates need TLS: set --tls-cert and --tls-key too",
+            ));
+        }
         if self.replicas == 0 || self.replicas > MAX_REPLICAS {
             return Err(bad(
                 "--replicas",
@@ -107,6 +138,16 @@ impl Config {
         IngestSettings {
             max_future_secs: self.max_future_secs,
             publisher_token: self.publisher_token.clone(),
+            publisher_tokens_file: self.publisher_tokens_file.clone(),
+            max_publishes_per_token_per_sec: self.max_publishes_per_token_per_sec,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                }),
+                _ => None,
+            },
             max_batch: self.max_batch,
             max_in_flight: self.max_in_flight,
             drain_grace: Duration::from_secs(self.drain_grace_secs),
@@ -124,6 +165,15 @@ impl Config {
     }
 }
 
+/// Certificate files for gRPC over TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
 /// What the ingest server needs beyond its listeners and bus; `kpi-stack` builds one directly.
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
@@ -132,6 +182,12 @@ pub struct IngestSettings {
     /// When set, every Ingest call must carry `authorization: Bearer <token>`.
     /// Health and reflection stay open, so probes and tooling need no secret.
     pub publisher_token: Option<String>,
+    /// Publisher tokens with the KPI patterns each may publish.
+    pub publisher_tokens_file: Option<PathBuf>,
+    /// Events per second per publisher token; 0 = no limit.
+    pub max_publishes_per_token_per_sec: u32,
+    /// Serve gRPC over TLS (and require client certificates when `client_ca` is set).
+    pub tls: Option<TlsFiles>,
     /// Most events accepted in one Publish call.
     pub max_batch: usize,
     /// Most stores in flight per PublishStream and per Publish batch.
@@ -145,6 +201,9 @@ impl Default for IngestSettings {
         IngestSettings {
             max_future_secs: 300,
             publisher_token: None,
+            publisher_tokens_file: None,
+            max_publishes_per_token_per_sec: 0,
+            tls: None,
             max_batch: 10_000,
             max_in_flight: 1024,
             drain_grace: Duration::from_secs(30),
@@ -208,6 +267,8 @@ mod tests {
             &["--max-future-secs=-1"],
             &["--duplicate-window-secs", "0"],
             &["--publisher-token", "has space"],
+            &["--tls-cert", "/c"],
+            &["--tls-client-ca", "/ca"],
         ] {
             assert!(parse(args).validate().is_err(), "{args:?} accepted");
         }

@@ -13,11 +13,12 @@
 
 pub mod config;
 pub mod metrics;
+pub mod publishers;
 pub mod server;
 pub mod service;
 pub mod validate;
 
-pub use config::{Config, ConfigError, IngestSettings};
+pub use config::{Config, ConfigError, IngestSettings, TlsFiles};
 pub use server::run;
 pub use service::IngestService;
 
@@ -28,6 +29,8 @@ pub enum IngestError {
     Config(#[from] ConfigError),
     #[error("building the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("TLS setup: {0}")]
+    Tls(String),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]

@@ -9,11 +9,13 @@ use kpi_service::{ops_router, Readiness, Shutdown};
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{ServerTlsConfig, TcpIncoming};
+use tonic::transport::{Certificate, Identity};
 use tonic::{Request, Status};
 use tonic_health::ServingStatus;
 
-use crate::config::IngestSettings;
+use crate::config::{IngestSettings, TlsFiles};
+use crate::publishers::PublisherTokens;
 use crate::service::IngestService;
 use crate::IngestError;
 
@@ -58,7 +60,13 @@ pub async fn run(
 
     let ingest = IngestServer::new(IngestService::new(bus.clone(), &settings, shutdown.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let ingest = InterceptedService::new(ingest, BearerAuth::new(settings.publisher_token.clone()));
+    let ingest = InterceptedService::new(ingest, BearerAuth::new(publisher_tokens(&settings)?));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(files) = &settings.tls {
+        builder = builder
+            .tls_config(server_tls(files)?)
+            .map_err(|e| IngestError::Tls(e.to_string()))?;
+    }
 
     let readiness = Readiness::new({
         let bus = bus.clone();
@@ -87,7 +95,7 @@ pub async fn run(
                 .await;
         }
     };
-    let grpc_server = tonic::transport::Server::builder()
+    let grpc_server = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ingest)
@@ -127,23 +135,25 @@ pub async fn run(
     outcome
 }
 
-/// Checks `authorization: Bearer <token>` on Ingest calls when a token is configured.
+/// Checks `authorization: Bearer <token>` on Ingest calls when tokens are
+/// configured, and hands the matching [`Publisher`] to the service (as a
+/// request extension) so it can check each event's KPI and the rate.
 #[derive(Clone)]
 pub struct BearerAuth {
-    expected: Option<Arc<str>>,
+    tokens: Option<Arc<PublisherTokens>>,
 }
 
 impl BearerAuth {
-    pub fn new(token: Option<String>) -> Self {
+    pub fn new(tokens: Option<PublisherTokens>) -> Self {
         BearerAuth {
-            expected: token.map(Arc::from),
+            tokens: tokens.map(Arc::new),
         }
     }
 }
 
 impl tonic::service::Interceptor for BearerAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(tokens) = &self.tokens else {
             return Ok(request);
         };
         let presented = request
@@ -156,14 +166,18 @@ impl tonic::service::Interceptor for BearerAuth {
                     .eq_ignore_ascii_case("bearer")
                     .then_some(token.trim())
             });
-        match presented {
-            Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(request),
-            Some(_) => {
-                tracing::debug!("publisher call refused: wrong bearer token");
+        let remote = request.remote_addr().map(|a| a.ip().to_string());
+        match presented.map(|t| tokens.find(t)) {
+            Some(Some(publisher)) => {
+                request.extensions_mut().insert(publisher);
+                Ok(request)
+            }
+            Some(None) => {
+                audit_denied("publish", "bad_token", None, remote.as_deref());
                 Err(Status::unauthenticated("invalid bearer token"))
             }
             None => {
-                tracing::debug!("publisher call refused: no bearer token");
+                audit_denied("publish", "token_missing", None, remote.as_deref());
                 Err(Status::unauthenticated(
                     "missing bearer token: send `authorization: Bearer <token>`",
                 ))
@@ -172,10 +186,47 @@ impl tonic::service::Interceptor for BearerAuth {
     }
 }
 
-/// Equality whose time does not reveal where two tokens first differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// One `kpistream::audit` record of a refused publisher call (never the token).
+pub(crate) fn audit_denied(
+    action: &str,
+    reason: &str,
+    subject: Option<&str>,
+    remote: Option<&str>,
+) {
+    tracing::warn!(
+        target: "kpistream::audit",
+        action,
+        outcome = "denied",
+        reason,
+        subject = subject.unwrap_or(""),
+        kpi = "",
+        remote_ip = remote.unwrap_or(""),
+        "publisher refused"
+    );
+}
+
+/// The tokens of `--publisher-token` and `--publisher-tokens-file`; `None` when neither is set.
+fn publisher_tokens(s: &IngestSettings) -> Result<Option<PublisherTokens>, IngestError> {
+    let rate = s.max_publishes_per_token_per_sec;
+    let mut all = PublisherTokens::default();
+    if let Some(t) = &s.publisher_token {
+        all.extend(PublisherTokens::single(t, rate));
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    if let Some(path) = &s.publisher_tokens_file {
+        all.extend(PublisherTokens::load(path, rate)?);
+    }
+    Ok((!all.is_empty()).then_some(all))
+}
+
+/// The rustls configuration for `--tls-cert`, `--tls-key` and `--tls-client-ca`.
+fn server_tls(files: &TlsFiles) -> Result<ServerTlsConfig, IngestError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| IngestError::Tls(format!("{}: {e}", p.display())))
+    };
+    let mut tls =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
+    if let Some(ca) = &files.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(tls)
 }

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::IngestSettings;
 use crate::metrics;
+use crate::publishers::Publisher;
 use crate::validate;
 
 /// Acks waiting for the client to read them, per stream. Small on purpose:
@@ -89,9 +90,14 @@ impl IngestService {
 }
 
 impl Inner {
-    fn check(&self, ev: Event, now: DateTime<Utc>) -> Result<EventRecord, Outcome> {
+    fn check(
+        &self,
+        ev: Event,
+        now: DateTime<Utc>,
+        publisher: Option<&Publisher>,
+    ) -> Result<EventRecord, Outcome> {
         let sent_id = ev.event_id.clone();
-        validate::to_record(ev, now, self.max_future_secs).map_err(|why| {
+        let record = validate::to_record(ev, now, self.max_future_secs).map_err(|why| {
             metrics::event(metrics::RESULT_INVALID);
             tracing::debug!(event_id = %sent_id, reason = %why, "event refused");
             Outcome {
@@ -100,7 +106,20 @@ impl Inner {
                 reason: why.to_string(),
                 seq: 0,
             }
-        })
+        })?;
+        if let Some(p) = publisher {
+            if !p.may_publish(&record.kpi) {
+                metrics::event(metrics::RESULT_INVALID);
+                crate::server::audit_denied("publish", "forbidden_kpi", Some(p.label()), None);
+                return Err(Outcome {
+                    event_id: record.event_id,
+                    status: EventStatus::Invalid,
+                    reason: format!("{PERMISSION_DENIED}: token may not publish {}", record.kpi),
+                    seq: 0,
+                });
+            }
+        }
+        Ok(record)
     }
 
     async fn store(&self, record: EventRecord) -> Outcome {
@@ -135,8 +154,8 @@ impl Inner {
         }
     }
 
-    async fn handle(&self, ev: Event) -> Outcome {
-        match self.check(ev, Utc::now()) {
+    async fn handle(&self, ev: Event, publisher: Option<&Publisher>) -> Outcome {
+        match self.check(ev, Utc::now(), publisher) {
             Ok(record) => self.store(record).await,
             Err(refused) => refused,
         }
@@ -150,8 +169,15 @@ impl Ingest for IngestService {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let inner = &*self.inner;
+        let publisher = request.extensions().get::<Publisher>().cloned();
         let events = request.into_inner().events;
         let total = events.len();
+        if let Some(p) = &publisher {
+            if !p.try_take(total) {
+                crate::server::audit_denied("publish", "rate_limited", Some(p.label()), None);
+                return Err(rate_limited());
+            }
+        }
         if total > inner.max_batch {
             return Err(Status::invalid_argument(format!(
                 "batch of {total} events is larger than the limit of {}; split it",
@@ -164,7 +190,7 @@ impl Ingest for IngestService {
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(total);
         let mut valid = Vec::new();
         for (index, ev) in events.into_iter().enumerate() {
-            match inner.check(ev, now) {
+            match inner.check(ev, now, publisher.as_ref()) {
                 Ok(record) => {
                     outcomes.push(None);
                     valid.push((index, record));
@@ -198,6 +224,17 @@ impl Ingest for IngestService {
         let duplicates = count(EventStatus::Duplicate);
         let unavailable = count(EventStatus::Unavailable);
 
+        let denied = outcomes
+            .iter()
+            .filter(|o| o.reason.starts_with(PERMISSION_DENIED))
+            .count();
+        if total > 0 && denied == total {
+            return Err(Status::permission_denied(summary(
+                "this token may not publish these KPIs",
+                &outcomes,
+                EventStatus::Invalid,
+            )));
+        }
         if total > 0 && valid_count == 0 {
             return Err(Status::invalid_argument(summary(
                 "every event was refused",
@@ -234,10 +271,11 @@ impl Ingest for IngestService {
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let (tx, rx) = mpsc::channel(ACK_BUFFER);
         let inner = self.inner.clone();
+        let publisher = request.extensions().get::<Publisher>().cloned();
         // Tracked by the shutdown's task tracker, so a drain waits for it.
         self.inner
             .shutdown
-            .spawn(ack_stream(inner, request.into_inner(), tx));
+            .spawn(ack_stream(inner, request.into_inner(), tx, publisher));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -253,6 +291,7 @@ async fn ack_stream(
     inner: Arc<Inner>,
     mut input: Streaming<Event>,
     tx: mpsc::Sender<Result<PublishAck, Status>>,
+    publisher: Option<Publisher>,
 ) {
     let mut pending = FuturesOrdered::new();
     let mut next_index: u64 = 0;
@@ -279,11 +318,21 @@ async fn ack_stream(
                 ));
             }
             msg = input.message(), if reading && room => match msg {
+                Ok(Some(_)) if publisher.as_ref().is_some_and(|p| !p.try_take(1)) => {
+                    // Acks go out for what was read; the publisher backs off
+                    // and resends the rest.
+                    if let Some(p) = &publisher {
+                        crate::server::audit_denied("publish", "rate_limited", Some(p.label()), None);
+                    }
+                    reading = false;
+                    ending = Some(rate_limited());
+                }
                 Ok(Some(ev)) => {
                     let index = next_index;
                     next_index += 1;
                     let inner = inner.clone();
-                    pending.push_back(async move { inner.handle(ev).await.into_ack(index) });
+                    let publisher = publisher.clone();
+                    pending.push_back(async move { inner.handle(ev, publisher.as_ref()).await.into_ack(index) });
                 }
                 Ok(None) => reading = false,
                 Err(status) => {
@@ -297,6 +346,15 @@ async fn ack_stream(
     if let Some(status) = ending {
         let _ = tx.send(Err(status)).await;
     }
+}
+
+/// How a refused event's reason starts when its token may not publish the KPI.
+const PERMISSION_DENIED: &str = "permission denied";
+
+fn rate_limited() -> Status {
+    Status::resource_exhausted(
+        "rate_limited: this token publishes faster than allowed; slow down and resend what was not acknowledged",
+    )
 }
 
 /// `"<headline>: [0] reason; [3] reason; ... and N more"`, for a whole-call error.

@@ -6,12 +6,14 @@
 //! a `Result`. A missing `nats-server` is a failure, never a skipped test:
 //! a green run must mean the NATS paths were exercised.
 
+pub mod cluster;
 pub mod http;
 pub mod nats;
 pub mod port;
 mod process;
 pub mod service;
 
+pub use cluster::{ClusterSpec, LocalCluster};
 pub use http::{http_get, try_http_get, HttpError};
 pub use nats::{NatsCluster, NatsServer};
 pub use port::free_port;

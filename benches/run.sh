@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Reproduces the numbers in benches/README.md on this machine. Takes about
+# 15 minutes; not part of CI. Every run is bounded and stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/usr/local/sbin"
+cargo build --release -p kpi-loadgen -p kpi-gateway -p kpi-ingest -p kpi-aggregator
+LG=target/release/kpi-loadgen
+OUT=benches/results
+mkdir -p "$OUT"
+
+# Throughput and latency, coalescing off, the three targets one after another.
+$LG compare --name a-1k-conns-10-kpis-100ps --connections 1000 --kpis 10 --rate 100 \
+    --duration 20 --warmup 3 --out "$OUT" > /dev/null
+$LG compare --name b-10k-conns-100-kpis-10ps --connections 10000 --kpis 100 --rate 10 \
+    --duration 20 --warmup 3 --out "$OUT" > /dev/null
+
+# Memory per idle connection (one subscription each), 15,000 connections.
+$LG compare --name c-idle-15k-conns --connections 15000 --kpis 100 --rate 0 \
+    --duration 1 --settle 5 --out "$OUT" > /dev/null
+
+# Four gateway processes holding 60,000 connections (four client worker
+# processes of 15,000), updates flowing.
+$LG kpistream --gateways 4 --connections 60000 --kpis 100 --rate 1 \
+    --duration 20 --warmup 3 --out "$OUT/d-60k-conns-4-gateways" > /dev/null
+
+# Micro-benchmarks of the hot paths.
+cargo bench -p kpi-aggregator --bench apply
+cargo bench -p kpi-gateway --bench fanout

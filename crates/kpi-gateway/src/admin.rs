@@ -1,0 +1,210 @@
+//! Admin actions: system broadcasts and maintenance mode, carried to every gateway over the bus.
+//!
+//! `POST /api/admin/broadcast` and `POST /api/admin/maintenance` (admin claim
+//! required) publish one [`SystemEvent`] with `bus.broadcast`. Every gateway,
+//! the sender included, runs one [`listen`] task on `bus.subscribe_broadcast()`
+//! that applies the event (maintenance on or off) and hands
+//! `{"type":"system","message":..,"at":..}` to each of its WebSocket and SSE
+//! clients, which are listed in [`Clients`]. Maintenance state is not stored:
+//! a gateway started while maintenance is on does not know it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use chrono::Utc;
+use kpi_bus::{Live, UpdateSubscription};
+use kpi_service::Shutdown;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::access::{Caller, Security};
+use crate::audit;
+use crate::outbox::Outbox;
+use crate::request::ApiError;
+use crate::server::AppState;
+
+/// Longest system message accepted.
+pub const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// What travels on the bus between gateways.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemEvent {
+    pub message: String,
+    /// RFC 3339, when the admin call was made.
+    pub at: String,
+    /// Present on maintenance events: the new state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<bool>,
+}
+
+impl SystemEvent {
+    /// The message clients receive.
+    pub fn client_json(&self) -> Bytes {
+        let mut v = json!({"type": "system", "message": self.message, "at": self.at});
+        if let Some(m) = self.maintenance {
+            v["maintenance"] = json!(m);
+        }
+        Bytes::from(v.to_string())
+    }
+}
+
+/// Outboxes of the open WebSocket and SSE connections of this gateway.
+#[derive(Clone, Default)]
+pub(crate) struct Clients {
+    inner: Arc<Mutex<HashMap<u64, Outbox>>>,
+}
+
+impl Clients {
+    /// Lists `outbox` until the returned guard is dropped.
+    pub fn register(&self, outbox: &Outbox) -> Registered {
+        self.inner.lock().insert(outbox.id(), outbox.clone());
+        Registered {
+            clients: self.clone(),
+            id: outbox.id(),
+        }
+    }
+
+    /// Queues `message` for every client; returns how many got it.
+    pub fn push_all(&self, message: &Bytes) -> usize {
+        let outboxes: Vec<Outbox> = self.inner.lock().values().cloned().collect();
+        outboxes
+            .iter()
+            .filter(|o| o.push_control(message.clone()))
+            .count()
+    }
+}
+
+/// A listed connection; dropping it unlists.
+pub(crate) struct Registered {
+    clients: Clients,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.clients.inner.lock().remove(&self.id);
+    }
+}
+
+/// Applies system events from the bus until shutdown.
+pub(crate) async fn listen(mut sub: UpdateSubscription, security: Security, shutdown: Shutdown) {
+    loop {
+        let item = tokio::select! {
+            () = shutdown.recv() => return,
+            item = sub.next() => item,
+        };
+        let bytes = match item {
+            None => {
+                tracing::warn!("system broadcast subscription ended; admin broadcasts will not reach this gateway");
+                return;
+            }
+            Some(Live::Gap) => continue,
+            Some(Live::Message(bytes)) => bytes,
+        };
+        let event: SystemEvent = match serde_json::from_slice(&bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a malformed system broadcast");
+                continue;
+            }
+        };
+        match event.maintenance {
+            Some(true) => security.set_maintenance(Some(event.message.clone())),
+            Some(false) => security.set_maintenance(None),
+            None => {}
+        }
+        let reached = security.clients().push_all(&event.client_json());
+        tracing::info!(reached, maintenance = ?event.maintenance, "system message delivered");
+    }
+}
+
+#[derive(Deserialize)]
+struct BroadcastBody {
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct MaintenanceBody {
+    enabled: bool,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// `POST /api/admin/broadcast` `{"message": ".."}`.
+pub(crate) async fn broadcast(
+    State(app): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.require_admin("admin_broadcast")?;
+    let b: BroadcastBody = parse_body(&body)?;
+    let message = checked_message(b.message)?;
+    publish(&app, &caller, "admin_broadcast", message, None).await
+}
+
+/// `POST /api/admin/maintenance` `{"enabled": true, "message": ".."}`.
+pub(crate) async fn maintenance(
+    State(app): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.require_admin("admin_maintenance")?;
+    let b: MaintenanceBody = parse_body(&body)?;
+    let message = match b.message {
+        Some(m) => checked_message(m)?,
+        None if b.enabled => "maintenance has started".to_string(),
+        None => "maintenance is over".to_string(),
+    };
+    publish(&app, &caller, "admin_maintenance", message, Some(b.enabled)).await
+}
+
+async fn publish(
+    app: &AppState,
+    caller: &Caller,
+    action: &str,
+    message: String,
+    maintenance: Option<bool>,
+) -> Result<Response, ApiError> {
+    let event = SystemEvent {
+        message,
+        at: kpi_core::time::rfc3339(&Utc::now()),
+        maintenance,
+    };
+    let payload = serde_json::to_vec(&event)
+        .map_err(|e| ApiError::unavailable(format!("encoding the event: {e}")))?;
+    app.hub.bus().broadcast(Bytes::from(payload)).await?;
+    let detail = match maintenance {
+        Some(true) => "maintenance on",
+        Some(false) => "maintenance off",
+        None => "broadcast",
+    };
+    audit::allowed(action, caller.who(), detail);
+    let body = json!({"type": "accepted", "message": event.message, "at": event.at});
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response())
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_request", format!("invalid JSON body: {e}")))
+}
+
+fn checked_message(m: String) -> Result<String, ApiError> {
+    let chars = m.chars().count();
+    if chars == 0 || chars > MAX_MESSAGE_CHARS {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            format!("message must be 1 to {MAX_MESSAGE_CHARS} characters"),
+        ));
+    }
+    Ok(m)
+}

@@ -1,0 +1,93 @@
+//! New connections per client IP: a token bucket per address, pruned as it goes.
+//!
+//! The address is the TCP peer's. Behind a balancer that is the balancer, so
+//! the limit should then be set at the balancer instead (or high here).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+/// Buckets kept before idle (full) ones are dropped; bounds memory under a
+/// scan from many addresses.
+const PRUNE_AT: usize = 10_000;
+
+#[derive(Clone)]
+pub struct IpRate {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl IpRate {
+    /// `per_sec` new connections per second per address, bursts of twice
+    /// that; 0 turns the limit off.
+    pub fn new(per_sec: u32) -> Self {
+        if per_sec == 0 {
+            return IpRate { inner: None };
+        }
+        let rate = f64::from(per_sec);
+        IpRate {
+            inner: Some(Arc::new(Inner {
+                rate,
+                burst: 2.0 * rate,
+                buckets: Mutex::new(HashMap::new()),
+            })),
+        }
+    }
+
+    /// True when `ip` may open one more connection now.
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        self.allow_at(ip, Instant::now())
+    }
+
+    pub fn allow_at(&self, ip: IpAddr, now: Instant) -> bool {
+        let Some(inner) = &self.inner else {
+            return true;
+        };
+        let mut buckets = inner.buckets.lock();
+        if buckets.len() >= PRUNE_AT {
+            let (rate, burst) = (inner.rate, inner.burst);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = buckets.entry(ip).or_insert((inner.burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * inner.rate)
+            .min(inner.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bursts_then_limits_per_address_and_refills() {
+        let r = IpRate::new(2);
+        let (a, b): (IpAddr, IpAddr) = (
+            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.2".parse().expect("ip"),
+        );
+        let t = Instant::now();
+        assert!((0..4).all(|_| r.allow_at(a, t)));
+        assert!(!r.allow_at(a, t));
+        assert!(r.allow_at(b, t));
+        assert!(r.allow_at(a, t + Duration::from_secs(1)));
+        assert!(IpRate::new(0).allow_at(a, t));
+    }
+}
