@@ -378,6 +378,11 @@ async fn read_subject(
 /// How long a feed waits before reopening its consumer after a failure, so
 /// a caller that reads again straight after an error does not spin.
 const FEED_REOPEN_BACKOFF: Duration = Duration::from_millis(250);
+/// A feed silent this long checks whether its partition has events it has
+/// not delivered. When the server holding an ordered consumer dies, the
+/// client may report nothing and recover only after ~70 s of missed
+/// heartbeats; the check turns that stall into a reopen within seconds.
+const FEED_STALL_CHECK: Duration = Duration::from_secs(3);
 
 /// An ephemeral ordered consumer over one partition's events.
 async fn open_feed(
@@ -439,9 +444,20 @@ impl NatsFeed {
                     }
                 }
             };
-            let m = match messages.next().await? {
-                Ok(m) => m,
-                Err(e) => return Some(Err(self.fail(e))),
+            let m = match tokio::time::timeout(FEED_STALL_CHECK, messages.next()).await {
+                Ok(None) => return None,
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Some(Err(self.fail(e))),
+                Err(_) => {
+                    // Owned copies: holding `&self` across the await would
+                    // need the feed to be Sync, which the consumer is not.
+                    let (events, filter) = (self.events.clone(), self.filter.clone());
+                    if stalled(&events, &filter, self.next_seq).await {
+                        tracing::warn!(filter = %self.filter, next_seq = self.next_seq, "event feed stalled; reopening");
+                        self.messages = None;
+                    }
+                    continue;
+                }
             };
             let (seq, pending) = match m.info() {
                 Ok(i) => (i.stream_sequence, i.pending),
@@ -469,6 +485,16 @@ impl NatsFeed {
             "reading {}: {e}; the feed reopens on the next read",
             self.filter
         ))
+    }
+}
+
+/// Whether the log holds an event matching `filter` at or after `next_seq`.
+/// An error counts as stalled: reopening is cheap, missing events is not.
+async fn stalled(events: &stream::Stream, filter: &str, next_seq: u64) -> bool {
+    match last_of(events, filter).await {
+        Ok(Some((last, _))) => last >= next_seq,
+        Ok(None) => false,
+        Err(_) => true,
     }
 }
 
