@@ -280,6 +280,24 @@ def main() -> int:
         assert ext["data"]["NATS_URL"] == EXTERNAL["nats"]["external"]["url"], ext["data"]["NATS_URL"]
     check("NATS URL: subchart service or external", in_cluster_url)
 
+    def env_names_exist() -> None:
+        # Every variable the chart sets must be one a binary reads, or the
+        # setting is silently ignored in production.
+        src = "\n".join(p.read_text() for p in (Path(__file__).resolve().parent.parent / "crates").glob("*/src/**/*.rs"))
+        known = set(re.findall(r'env = "([A-Z0-9_]+)"', src)) | {"NATS_URL", "RUST_LOG", "KPI_LOG_FORMAT"}
+        for alg in ("hs256", "rsa", "ed25519", "jwks"):
+            docs = render({"auth": {"jwt": {"key": "k", "algorithm": alg, "audience": "a", "issuer": "i"}}})
+            for doc in docs + rendered["ha"]:
+                if doc.get("kind") == "ConfigMap":
+                    names = set(doc.get("data", {}))
+                else:
+                    spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+                    names = {e["name"] for c in spec.get("containers", []) for e in c.get("env", [])}
+                unknown = {n for n in names if n.startswith("KPI_") or n == "NATS_URL"} - known
+                assert not unknown, f"{doc.get('kind')} {doc['metadata']['name']} sets variables no binary reads: {sorted(unknown)}"
+        refuses({"auth": {"jwt": {"key": "k", "algorithm": "md5"}}}, "auth.jwt.algorithm")
+    check("every KPI_* variable the chart sets is read by a binary", env_names_exist)
+
     def ha_profile() -> None:
         docs = rendered["ha"]
         cm = by_kind(docs, "ConfigMap")[0]["data"]

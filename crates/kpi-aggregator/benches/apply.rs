@@ -10,7 +10,10 @@ use kpi_core::{EventRecord, KpiCode};
 
 /// `n` events over `kpis` KPIs, one millisecond apart, all on time.
 fn events(n: usize, kpis: usize) -> Vec<EventRecord> {
-    let start = Utc.with_ymd_and_hms(2026, 11, 25, 8, 0, 0).single().expect("valid time");
+    let start = Utc
+        .with_ymd_and_hms(2026, 11, 25, 8, 0, 0)
+        .single()
+        .expect("valid time");
     let codes: Vec<KpiCode> = (0..kpis)
         .map(|i| KpiCode::parse(&format!("kpi-{i}")).expect("valid code"))
         .collect();

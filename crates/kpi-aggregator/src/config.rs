@@ -101,8 +101,9 @@ pub struct Cli {
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "NATS_URL")]
     pub nats_url: String,
-    #[arg(long, env = "KPI_PARTITIONS", default_value_t = 4)]
-    pub partitions: u32,
+    /// Stream layout and retention, shared by every service.
+    #[command(flatten)]
+    pub bus: kpi_service::BusArgs,
     /// This replica's index (a StatefulSet ordinal); `pod-name-3` style values are accepted.
     #[arg(long, env = "KPI_REPLICA_INDEX", default_value = "0")]
     pub replica_index: String,
@@ -122,9 +123,6 @@ pub struct Cli {
     /// Publish thresholds, e.g. `pending_approvals=2%,fx_*=0.01` (default: every change).
     #[arg(long, env = "KPI_THRESHOLDS", default_value = "")]
     pub thresholds: String,
-    /// JetStream replicas for the streams this service creates.
-    #[arg(long, env = "KPI_REPLICAS", default_value_t = 1)]
-    pub replicas: usize,
     /// Seconds to finish in-flight work after SIGTERM.
     #[arg(long, env = "KPI_DRAIN_SECS", default_value_t = 10)]
     pub drain_secs: u64,
@@ -133,7 +131,7 @@ pub struct Cli {
 impl Cli {
     pub fn settings(&self) -> Result<AggregatorSettings, String> {
         let s = AggregatorSettings {
-            partitions: self.partitions,
+            partitions: self.bus.partitions,
             replica_index: parse_ordinal(&self.replica_index)?,
             replica_count: self.replica_count,
             coalesce: Duration::from_millis(self.coalesce_ms),

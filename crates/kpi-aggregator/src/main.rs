@@ -15,11 +15,10 @@ async fn main() -> anyhow::Result<()> {
     let settings = cli
         .settings()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    let bus_config = BusConfig {
-        partitions: settings.partitions,
-        replicas: cli.replicas,
-        ..Default::default()
-    };
+    let bus_config = cli
+        .bus
+        .config()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let bus = connect_with_retry(&cli.nats_url, bus_config).await?;
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await

@@ -24,9 +24,9 @@ pub struct Cli {
     /// NATS server(s) the aggregator publishes to.
     #[arg(long, env = "NATS_URL")]
     pub nats_url: String,
-    /// Aggregator partitions (must match the other services).
-    #[arg(long, env = "KPI_PARTITIONS", default_value_t = 4)]
-    pub partitions: u32,
+    /// Stream layout and retention, shared by every service.
+    #[command(flatten)]
+    pub bus: kpi_service::BusArgs,
     /// How long a topic nobody watches keeps its upstream subscription, in ms.
     #[arg(long, env = "KPI_LINGER_MS", default_value_t = 5000)]
     pub linger_ms: u64,

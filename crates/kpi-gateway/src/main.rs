@@ -17,10 +17,10 @@ async fn main() -> anyhow::Result<()> {
     kpi_service::telemetry::init_logging();
     let settings = cli.settings();
     settings.validate()?;
-    let config = BusConfig {
-        partitions: cli.partitions,
-        ..BusConfig::default()
-    };
+    let config = cli
+        .bus
+        .config()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let bus = connect(&cli.nats_url, config).await?;
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await

@@ -6,11 +6,6 @@ use std::time::Duration;
 
 use kpi_bus::BusConfig;
 
-/// Most partitions accepted; each is an aggregator consumer, so more is a typo.
-pub const MAX_PARTITIONS: u32 = 1024;
-/// JetStream allows at most five replicas of a stream.
-pub const MAX_REPLICAS: usize = 5;
-
 /// A setting that cannot work; reported before anything is bound or connected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{setting}: {problem}")]
@@ -46,13 +41,9 @@ pub struct Config {
     #[arg(long, env = "NATS_URL")]
     pub nats_url: String,
 
-    /// Aggregator partitions; must match every other service of the deployment.
-    #[arg(long, env = "KPI_PARTITIONS", default_value_t = 4)]
-    pub partitions: u32,
-
-    /// A repeated event_id within this many seconds is stored once.
-    #[arg(long, env = "KPI_DUPLICATE_WINDOW_SECS", default_value_t = 600)]
-    pub duplicate_window_secs: u64,
+    /// Stream layout and retention, shared by every service.
+    #[command(flatten)]
+    pub bus: kpi_service::BusArgs,
 
     /// Refuse events whose time is more than this many seconds ahead of the server clock.
     #[arg(long, env = "KPI_MAX_FUTURE_SECS", default_value_t = 300)]
@@ -91,10 +82,6 @@ pub struct Config {
     #[arg(long, env = "KPI_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
 
-    /// JetStream replicas of the streams this service creates (1 to 5).
-    #[arg(long, env = "KPI_REPLICAS", default_value_t = 1)]
-    pub replicas: usize,
-
     /// On shutdown, wait at most this many seconds for in-flight calls to finish.
     #[arg(long, env = "KPI_DRAIN_GRACE_SECS", default_value_t = 30)]
     pub drain_grace_secs: u64,
@@ -106,15 +93,7 @@ impl Config {
         if self.nats_url.trim().is_empty() {
             return Err(bad("--nats-url", "must not be empty"));
         }
-        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
-            return Err(bad(
-                "--partitions",
-                format!("must be 1 to {MAX_PARTITIONS}, got {}", self.partitions),
-            ));
-        }
-        if self.duplicate_window_secs == 0 {
-            return Err(bad("--duplicate-window-secs", "must be at least 1"));
-        }
+        self.bus.config().map_err(|e| bad("bus layout", e))?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(bad("--tls-cert", "--tls-cert and --tls-key go together"));
         }
@@ -122,12 +101,6 @@ impl Config {
             return Err(bad(
                 "--tls-client-ca",
                 "client certificates need TLS: set --tls-cert and --tls-key too",
-            ));
-        }
-        if self.replicas == 0 || self.replicas > MAX_REPLICAS {
-            return Err(bad(
-                "--replicas",
-                format!("must be 1 to {MAX_REPLICAS}, got {}", self.replicas),
             ));
         }
         self.settings().validate()
@@ -156,12 +129,8 @@ impl Config {
 
     /// How the bus is laid out; identical in every service of a deployment.
     pub fn bus_config(&self) -> BusConfig {
-        BusConfig {
-            partitions: self.partitions,
-            duplicate_window: Duration::from_secs(self.duplicate_window_secs),
-            replicas: self.replicas,
-            ..BusConfig::default()
-        }
+        // validate() has checked it; the default is unreachable in practice.
+        self.bus.config().unwrap_or_default()
     }
 }
 
@@ -253,7 +222,7 @@ mod tests {
         let c = parse(&[]);
         assert_eq!(c.listen.port(), 50051);
         assert_eq!(c.http_listen.port(), 9101);
-        assert_eq!(c.partitions, 4);
+        assert_eq!(c.bus.partitions, 4);
         assert!(c.validate().is_ok());
     }
 

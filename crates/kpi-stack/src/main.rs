@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use kpi_bus::{Bus, BusConfig};
+use kpi_bus::Bus;
 use kpi_service::Shutdown;
 
 #[derive(Debug, Parser)]
@@ -31,8 +31,9 @@ struct Cli {
     /// Demo rounds per second (each round publishes every demo KPI once).
     #[arg(long, env = "KPI_DEMO_RATE", default_value_t = 2)]
     demo_rate: u32,
-    #[arg(long, env = "KPI_PARTITIONS", default_value_t = 4)]
-    partitions: u32,
+    /// Stream layout and retention (with --nats-url; the in-process bus uses the same limits).
+    #[command(flatten)]
+    bus: kpi_service::BusArgs,
     /// Coalescing interval of the aggregator in milliseconds.
     #[arg(long, env = "KPI_COALESCE_MS", default_value_t = 100)]
     coalesce_ms: u64,
@@ -45,10 +46,10 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     kpi_service::telemetry::init_logging();
-    let bus_config = BusConfig {
-        partitions: cli.partitions,
-        ..Default::default()
-    };
+    let bus_config = cli
+        .bus
+        .config()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let bus = match &cli.nats_url {
         Some(url) => Bus::connect_nats(url, bus_config)
             .await
@@ -71,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let aggregator = kpi_aggregator::AggregatorSettings {
-        partitions: cli.partitions,
+        partitions: cli.bus.partitions,
         coalesce: Duration::from_millis(cli.coalesce_ms),
         ..Default::default()
     };

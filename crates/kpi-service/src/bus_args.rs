@@ -1,0 +1,118 @@
+//! The bus layout flags every binary shares, so all services of a deployment describe the streams alike.
+
+use std::time::Duration;
+
+use kpi_bus::BusConfig;
+
+/// Whichever service starts first creates the streams, so every service must
+/// take the same layout and retention flags; defining them once guarantees
+/// the same names, defaults and checks everywhere.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BusArgs {
+    /// Aggregator partitions; must match every other service of the deployment.
+    #[arg(long, env = "KPI_PARTITIONS", default_value_t = 4)]
+    pub partitions: u32,
+    /// JetStream replicas of the streams (1 on one server, 3 on a cluster; at most 5).
+    #[arg(long, env = "KPI_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+    /// A repeated event_id within this many seconds is stored once.
+    #[arg(long, env = "KPI_DUPLICATE_WINDOW_SECS", default_value_t = 600)]
+    pub duplicate_window_secs: u64,
+    /// How long events are kept; the aggregator replays from its checkpoint within this.
+    #[arg(long, env = "KPI_EVENTS_MAX_AGE_SECS", default_value_t = 7 * 24 * 3600)]
+    pub events_max_age_secs: u64,
+    /// Updates kept per KPI and period, for resume with `since`.
+    #[arg(long, env = "KPI_UPDATES_PER_TOPIC", default_value_t = 256)]
+    pub updates_per_topic: i64,
+    /// Closed buckets kept per KPI and period, for `/history`.
+    #[arg(long, env = "KPI_HISTORY_PER_TOPIC", default_value_t = 1500)]
+    pub history_per_topic: i64,
+}
+
+pub const MAX_PARTITIONS: u32 = 1024;
+pub const MAX_REPLICAS: usize = 5;
+
+impl BusArgs {
+    /// The checked configuration; the error names the flag.
+    pub fn config(&self) -> Result<BusConfig, String> {
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            return Err(format!(
+                "--partitions must be 1 to {MAX_PARTITIONS}, got {}",
+                self.partitions
+            ));
+        }
+        if self.replicas == 0 || self.replicas > MAX_REPLICAS {
+            return Err(format!(
+                "--replicas must be 1 to {MAX_REPLICAS}, got {}",
+                self.replicas
+            ));
+        }
+        if self.duplicate_window_secs == 0 {
+            return Err("--duplicate-window-secs must be at least 1".into());
+        }
+        if self.events_max_age_secs < self.duplicate_window_secs {
+            return Err(
+                "--events-max-age-secs must not be shorter than the duplicate window".into(),
+            );
+        }
+        if self.updates_per_topic < 1 || self.history_per_topic < 1 {
+            return Err("--updates-per-topic and --history-per-topic must be at least 1".into());
+        }
+        Ok(BusConfig {
+            partitions: self.partitions,
+            duplicate_window: Duration::from_secs(self.duplicate_window_secs),
+            events_max_age: Duration::from_secs(self.events_max_age_secs),
+            updates_per_topic: self.updates_per_topic,
+            history_per_topic: self.history_per_topic,
+            replicas: self.replicas,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bus: BusArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<BusConfig, String> {
+        let mut all = vec!["x"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all)
+            .map_err(|e| e.to_string())?
+            .bus
+            .config()
+    }
+
+    #[test]
+    fn defaults_match_the_bus_defaults() {
+        let c = parse(&[]).expect("defaults are valid");
+        let d = BusConfig::default();
+        assert_eq!(
+            (c.partitions, c.replicas, c.updates_per_topic),
+            (d.partitions, d.replicas, d.updates_per_topic)
+        );
+        assert_eq!(
+            (c.duplicate_window, c.events_max_age, c.history_per_topic),
+            (d.duplicate_window, d.events_max_age, d.history_per_topic)
+        );
+    }
+
+    #[test]
+    fn refuses_layouts_that_cannot_work() {
+        for bad in [
+            &["--partitions", "0"][..],
+            &["--replicas", "6"],
+            &["--duplicate-window-secs", "0"],
+            &["--events-max-age-secs", "10"],
+            &["--updates-per-topic", "0"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
