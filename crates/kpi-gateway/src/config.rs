@@ -54,6 +54,10 @@ pub struct Cli {
     /// On shutdown, how long connections get to finish.
     #[arg(long, env = "KPI_DRAIN_SECS", default_value_t = 10)]
     pub drain_secs: u64,
+    /// On shutdown, how long /readyz fails while clients are still served, so
+    /// a balancer stops routing here before clients are told to reconnect.
+    #[arg(long, env = "KPI_UNREADY_DELAY_MS", default_value_t = 1000)]
+    pub unready_delay_ms: u64,
     #[arg(long, env = "KPI_SSE_KEEPALIVE_SECS", default_value_t = 15)]
     pub sse_keepalive_secs: u64,
     #[arg(long, env = "KPI_POLL_MAX_WAIT_SECS", default_value_t = 30)]
@@ -123,6 +127,7 @@ impl Cli {
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             stuck_timeout: Duration::from_secs(self.stuck_timeout_secs),
             drain: Duration::from_secs(self.drain_secs),
+            unready_delay: Duration::from_millis(self.unready_delay_ms),
             sse_keepalive: Duration::from_secs(self.sse_keepalive_secs),
             poll_max_wait: Duration::from_secs(self.poll_max_wait_secs),
             resume_window: self.resume_window,
@@ -162,6 +167,8 @@ pub struct GatewaySettings {
     pub stuck_timeout: Duration,
     /// How long `run` waits for connections to finish on shutdown.
     pub drain: Duration,
+    /// On shutdown, /readyz fails this long before connections are closed.
+    pub unready_delay: Duration,
     pub sse_keepalive: Duration,
     /// Upper bound of `wait` on the polling endpoint.
     pub poll_max_wait: Duration,
@@ -193,6 +200,7 @@ impl Default for GatewaySettings {
             idle_timeout: Duration::from_secs(60),
             stuck_timeout: Duration::from_secs(30),
             drain: Duration::from_secs(10),
+            unready_delay: Duration::from_millis(1000),
             sse_keepalive: Duration::from_secs(15),
             poll_max_wait: Duration::from_secs(30),
             resume_window: 256,

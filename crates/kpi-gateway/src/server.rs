@@ -88,16 +88,20 @@ pub async fn run(
             Err("bus disconnected".to_string())
         }
     });
+    // Connections and the listener follow `drain`, which fires
+    // `unready_delay` after `shutdown`: readiness fails first, so balancers
+    // move new clients elsewhere before existing ones are sent away.
+    let drain = Shutdown::new();
     let state = AppState {
         hub: hub.clone(),
         settings: settings.clone(),
         connections: connections.clone(),
-        shutdown: shutdown.clone(),
+        shutdown: drain.clone(),
         security,
     };
     let app = router(state, readiness.clone());
     let local = listener.local_addr()?;
-    let stop = shutdown.clone();
+    let stop = drain.clone();
     let not_ready = readiness.clone();
     let header_timeout = settings.header_read_timeout;
     let mut server = tokio::spawn(async move {
@@ -124,7 +128,9 @@ pub async fn run(
         }
     }
     readiness.set_serving(false);
-    tracing::info!(open = connections.open(), "draining");
+    tracing::info!(open = connections.open(), delay = ?settings.unready_delay, "unready; draining after the delay");
+    tokio::time::sleep(settings.unready_delay).await;
+    drain.trigger();
     let drained = tokio::time::timeout(settings.drain, async {
         let _ = (&mut server).await;
         connections.wait_idle().await;

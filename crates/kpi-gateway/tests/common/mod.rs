@@ -34,6 +34,7 @@ pub fn settings() -> GatewaySettings {
     GatewaySettings {
         linger: Duration::from_millis(100),
         drain: Duration::from_secs(2),
+        unready_delay: Duration::ZERO,
         ..GatewaySettings::default()
     }
 }
