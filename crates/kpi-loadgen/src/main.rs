@@ -1,0 +1,169 @@
+//! `kpi-loadgen`: opens many WebSocket clients, publishes at a fixed rate, and measures what arrives.
+//!
+//! One run measures one target (`kpistream`, `plain`, `nats-ws`) or all three
+//! with the same load (`compare`), so every figure has a baseline taken on
+//! the same machine at the same time. Clients live in worker child processes
+//! (`clients`), because one process may open at most 20,000 files here; the
+//! plain baseline server is a child process too (`serve-plain`), so its CPU is
+//! measured the way the gateway's is. Every run is bounded in connections and
+//! time and stops by itself.
+
+mod clients;
+mod coordinator;
+mod nats_ws;
+mod plain;
+mod procstat;
+mod publish;
+mod report;
+mod svg;
+mod targets;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kpi-loadgen",
+    version,
+    about = "kpistream load and latency measurement"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Measure kpistream: spawns NATS and the three services (or kpi-stack), or targets a running gateway.
+    Kpistream(KpistreamArgs),
+    /// Baseline: a plain fan-out WebSocket writer (spawned as `serve-plain`).
+    Plain(LoadArgs),
+    /// Baseline: nats-server's own WebSocket listener serving the same fan-out.
+    NatsWs(LoadArgs),
+    /// Runs kpistream, plain and nats-ws with the same load and writes a report with ratios.
+    Compare(CompareArgs),
+    /// The plain baseline server (child process of `plain`).
+    #[command(hide = true)]
+    ServePlain(plain::ServeArgs),
+    /// A worker holding a share of the client connections (child process).
+    #[command(hide = true)]
+    Clients(clients::WorkerArgs),
+}
+
+/// The load, the same for every target.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// WebSocket connections, each subscribed to one KPI (connection i watches KPI i mod --kpis).
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// KPIs (topics) the connections spread over.
+    #[arg(long, default_value_t = 10)]
+    pub kpis: usize,
+    /// Events per second per KPI; 0 = idle (connect, measure memory, no publishing).
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    #[arg(long, default_value = "minute")]
+    pub period: String,
+    /// Seconds of measurement (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Seconds of publishing before measuring starts.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Seconds to wait after connecting before reading idle RSS.
+    #[arg(long, default_value_t = 2)]
+    pub settle: u64,
+    /// Most connections one worker process holds (the file limit is 20,000 per process).
+    #[arg(long, default_value_t = 15_000)]
+    pub conns_per_worker: usize,
+    /// Connections opened concurrently per worker.
+    #[arg(long, default_value_t = 200)]
+    pub connect_concurrency: usize,
+    /// Seconds allowed for all connections to open.
+    #[arg(long, default_value_t = 120)]
+    pub connect_timeout: u64,
+    /// Client source addresses are 127.0.0.<first> and up, one per --conns-per-source.
+    #[arg(long, default_value_t = 2)]
+    pub source_first: u8,
+    #[arg(long, default_value_t = 20_000)]
+    pub conns_per_source: usize,
+    /// KPI codes are <prefix><index>.
+    #[arg(long, default_value = "lg")]
+    pub kpi_prefix: String,
+    /// Directory for report.json and the SVG plots (stdout gets the JSON either way).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// How kpistream is run for a measurement.
+#[derive(Debug, Clone, Args)]
+pub struct StackArgs {
+    /// `split`: nats-server -js plus kpi-ingest, kpi-aggregator and --gateways kpi-gateway
+    /// processes (the gateway's CPU is measured apart); `single`: kpi-stack on its in-process bus.
+    #[arg(long, default_value = "split")]
+    pub stack: String,
+    /// Gateway processes (split only); connections are spread over them.
+    #[arg(long, default_value_t = 1)]
+    pub gateways: usize,
+    /// The aggregator's coalescing interval; 0 publishes after every event.
+    #[arg(long, default_value_t = 0)]
+    pub coalesce_ms: u64,
+    /// Per-connection queue of the gateway (--queue-capacity).
+    #[arg(long)]
+    pub queue_capacity: Option<usize>,
+    /// Target a running gateway instead (repeatable: ws://host:port); needs --grpc.
+    #[arg(long)]
+    pub target_url: Vec<String>,
+    /// Ingest's gRPC address of the running system, e.g. http://127.0.0.1:50051.
+    #[arg(long)]
+    pub grpc: Option<String>,
+    /// Processes whose CPU and RSS count as the server (repeatable).
+    #[arg(long)]
+    pub target_pid: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KpistreamArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub stack: StackArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub stack: StackArgs,
+    /// Name of this scenario in the report.
+    #[arg(long, default_value = "compare")]
+    pub name: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Kpistream(a) => {
+                let target = targets::kpistream(&a.load, &a.stack).await?;
+                coordinator::run_one(&a.load, target).await
+            }
+            Cmd::Plain(load) => {
+                let target = targets::plain(&load).await?;
+                coordinator::run_one(&load, target).await
+            }
+            Cmd::NatsWs(load) => {
+                let target = targets::nats_ws(&load).await?;
+                coordinator::run_one(&load, target).await
+            }
+            Cmd::Compare(a) => coordinator::compare(&a).await,
+            Cmd::ServePlain(a) => plain::serve(a).await,
+            Cmd::Clients(a) => clients::run(a).await,
+        }
+    })
+}
