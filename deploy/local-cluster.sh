@@ -163,7 +163,7 @@ EOF
 start_gateway() {
     local i="$1"
     start "gateway-$i" "$BIN/kpi-gateway" --listen "$HOST:$(gw_port "$i")" \
-        --nats-url "$(nats_urls)" --partitions "$PARTITIONS" --drain-secs 5
+        --nats-url "$(nats_urls)" --partitions "$PARTITIONS" --replicas 3 --drain-secs 5
     wait_ready "gateway-$i" "http://$HOST:$(gw_port "$i")/readyz"
 }
 

@@ -232,6 +232,8 @@ impl LocalCluster {
                 &format!("127.0.0.1:{}", slot.port),
                 "--partitions",
                 &self.spec.partitions.to_string(),
+                "--replicas",
+                &self.spec.stream_replicas.to_string(),
                 "--drain-secs",
                 &self.spec.gateway_drain_secs.to_string(),
             ],
