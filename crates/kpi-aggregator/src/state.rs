@@ -135,13 +135,6 @@ impl PartitionState {
         out
     }
 
-    /// Marks a topic to be rendered again (its publish failed).
-    pub fn mark_dirty(&mut self, topic: &Topic) {
-        if let Some(ts) = self.topics.get_mut(&key(&topic.code, topic.period)) {
-            ts.dirty = true;
-        }
-    }
-
     /// Drops buckets no event can change any more, keeping the two newest of
     /// each topic for `previous`.
     pub fn prune(&mut self, lateness: &Lateness) {

@@ -1,12 +1,14 @@
 //! One partition's loop: read events in log order, apply, publish what changed, checkpoint.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use kpi_bus::{Bus, BusError, StoredEvent};
+use kpi_bus::{Bus, BusError, EventFeed, Outbound, StoredEvent};
 use kpi_core::{Topic, UpdateMessage};
 use kpi_service::Shutdown;
+use tokio::sync::mpsc;
 
 use crate::config::AggregatorSettings;
 use crate::metrics as m;
@@ -18,6 +20,9 @@ const CATCH_UP_IDLE: Duration = Duration::from_millis(500);
 const LATE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause before retrying after the bus failed.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
+/// Events read ahead of the worker. When full, the reader waits: the log is
+/// the buffer, so nothing is dropped.
+const READ_AHEAD: usize = 1024;
 
 pub struct Worker {
     partition: u32,
@@ -33,6 +38,14 @@ pub struct Worker {
     checkpointed_seq: u64,
     last_late_log: Instant,
     late_since_log: u64,
+    /// Set while publishing fails: no retry before it, so a lost stream
+    /// leader costs one attempt per RETRY_DELAY rather than one per tick,
+    /// and one log line per streak rather than one per attempt.
+    publish_retry_at: Option<Instant>,
+    publish_failures: u64,
+    /// Rendered but not yet acknowledged, oldest first; retried in order
+    /// before anything new is rendered, so it holds at most one render.
+    unsent: VecDeque<Outbound>,
 }
 
 impl Worker {
@@ -74,6 +87,9 @@ impl Worker {
                 .checked_sub(LATE_LOG_INTERVAL)
                 .unwrap_or_else(Instant::now),
             late_since_log: 0,
+            publish_retry_at: None,
+            publish_failures: 0,
+            unsent: VecDeque::new(),
         })
     }
 
@@ -84,7 +100,7 @@ impl Worker {
             if shutdown.is_triggered() {
                 break;
             }
-            let mut feed = match self
+            let feed = match self
                 .bus
                 .event_feed(self.partition, self.state.applied_seq + 1)
                 .await
@@ -98,6 +114,7 @@ impl Worker {
                     }
                 }
             };
+            let (mut events, _reader) = read_ahead(feed);
             let started = Instant::now();
             let coalesce = self.settings.coalesce.max(Duration::from_millis(1));
             let mut publish_tick = tokio::time::interval(coalesce);
@@ -106,7 +123,7 @@ impl Worker {
                 tokio::select! {
                     biased;
                     _ = shutdown.recv() => break,
-                    next = feed.next() => match next {
+                    next = events.recv() => match next {
                         Some(Ok(ev)) => {
                             self.apply(ev, &labels);
                             if self.settings.coalesce.is_zero() && self.caught_up {
@@ -185,6 +202,9 @@ impl Worker {
     }
 
     async fn publish(&mut self) {
+        if self.publish_retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
         let now = Utc::now();
         for topic in self.state.due(now, &self.settings.thresholds) {
             if self.seq_synced.contains(&topic) {
@@ -206,38 +226,49 @@ impl Worker {
                 }
             }
         }
-        let out = self.state.render(now, &self.settings.thresholds);
-        if out.is_empty() {
+        if self.unsent.is_empty() {
+            let out = self.state.render(now, &self.settings.thresholds);
+            self.unsent.extend(out.into_iter().map(outbound));
+        }
+        if self.unsent.is_empty() {
             return;
         }
         let started = Instant::now();
-        let mut count = 0u64;
-        for o in out {
-            let (topic, result) = match o {
-                Outgoing::Update(t, msg) => {
-                    count += 1;
-                    let r = self
-                        .bus
-                        .publish_update(&t, Bytes::from(msg.to_json()))
-                        .await;
-                    (t, r)
+        let items = self.unsent.make_contiguous();
+        let result = self.bus.publish_all(items).await;
+        let stored = match &result {
+            Ok(()) => items.len(),
+            Err(p) => p.stored,
+        };
+        let updates = items[..stored]
+            .iter()
+            .filter(|o| matches!(o, Outbound::Update { .. }))
+            .count();
+        metrics::counter!(m::UPDATES_PUBLISHED).increment(updates as u64);
+        self.unsent.drain(..stored);
+        match result {
+            Ok(()) => {
+                metrics::histogram!(m::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
+                if self.publish_failures > 0 {
+                    tracing::info!(
+                        partition = self.partition,
+                        failures = self.publish_failures,
+                        "publishing works again"
+                    );
                 }
-                Outgoing::History(t, msg) => {
-                    let r = self
-                        .bus
-                        .publish_history(&t, Bytes::from(msg.to_json()))
-                        .await;
-                    (t, r)
-                }
-            };
-            if let Err(e) = result {
+                self.publish_failures = 0;
+                self.publish_retry_at = None;
+            }
+            Err(p) => {
                 metrics::counter!(m::PUBLISH_FAILURES).increment(1);
-                tracing::warn!(%topic, error = %e, "publish failed; will publish again");
-                self.state.mark_dirty(&topic);
+                if self.publish_failures == 0 {
+                    let topic = self.unsent.front().map(|o| o.topic().to_string());
+                    tracing::warn!(partition = self.partition, topic, error = %p.error, "publish failed; retrying until it succeeds");
+                }
+                self.publish_failures += 1;
+                self.publish_retry_at = Some(Instant::now() + RETRY_DELAY);
             }
         }
-        metrics::counter!(m::UPDATES_PUBLISHED).increment(count);
-        metrics::histogram!(m::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
     }
 
     async fn maybe_checkpoint(&mut self, force: bool) {
@@ -266,4 +297,44 @@ impl Worker {
             }
         }
     }
+}
+
+/// What the bus publishes for one rendered message. A closed bucket's
+/// record is identified by topic, bucket and seq, so a retry stores it once.
+fn outbound(o: Outgoing) -> Outbound {
+    match o {
+        Outgoing::Update(topic, msg) => Outbound::Update {
+            topic,
+            payload: Bytes::from(msg.to_json()),
+        },
+        Outgoing::History(topic, msg) => Outbound::History {
+            id: format!("{topic}/{}/{}", msg.bucket_start.timestamp(), msg.seq),
+            topic,
+            payload: Bytes::from(msg.to_json()),
+        },
+    }
+}
+
+/// Reads `feed` in its own task into a bounded channel.
+///
+/// The worker selects over events and its publish timer; reading the feed
+/// directly there would drop `EventFeed::next` at every tick and restart its
+/// stall check and reconnect each time, so a consumer lost with a NATS node
+/// would never be noticed. The returned guard stops the reader when dropped.
+fn read_ahead(
+    mut feed: EventFeed,
+) -> (
+    mpsc::Receiver<Result<StoredEvent, BusError>>,
+    tokio_util::task::AbortOnDropHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    let reader = tokio::spawn(async move {
+        while let Some(next) = feed.next().await {
+            let failed = next.is_err();
+            if tx.send(next).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    (rx, tokio_util::task::AbortOnDropHandle::new(reader))
 }

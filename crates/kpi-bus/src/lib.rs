@@ -46,6 +46,37 @@ pub enum Live {
     Gap,
 }
 
+/// A message the aggregator publishes with [`Bus::publish_all`].
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A live update, stored in the topic's bounded update history. A retry
+    /// may store it twice; readers order and deduplicate by its `seq`.
+    Update { topic: Topic, payload: Bytes },
+    /// A closed bucket's record. `id` identifies it across retries so the
+    /// history stores it once.
+    History {
+        topic: Topic,
+        payload: Bytes,
+        id: String,
+    },
+}
+
+impl Outbound {
+    pub fn topic(&self) -> &Topic {
+        match self {
+            Outbound::Update { topic, .. } | Outbound::History { topic, .. } => topic,
+        }
+    }
+}
+
+/// [`Bus::publish_all`] stopped at a failure.
+#[derive(Debug)]
+pub struct PartialPublish {
+    /// Leading items known to be stored; the caller retries the rest.
+    pub stored: usize,
+    pub error: BusError,
+}
+
 #[derive(Clone)]
 pub enum Bus {
     Memory(memory::MemoryBus),
@@ -113,6 +144,16 @@ impl Bus {
         match self {
             Bus::Memory(b) => b.publish_history(topic, payload).await,
             Bus::Nats(b) => b.publish_history(topic, payload).await,
+        }
+    }
+
+    /// Publishes `items` in order, waiting for acknowledgements only after
+    /// sending a window of them, so one round trip is paid per window rather
+    /// than per message. Live subscribers see the items in order.
+    pub async fn publish_all(&self, items: &[Outbound]) -> Result<(), PartialPublish> {
+        match self {
+            Bus::Memory(b) => b.publish_all(items).await,
+            Bus::Nats(b) => b.publish_all(items).await,
         }
     }
 
@@ -200,6 +241,11 @@ enum FeedInner {
 
 impl EventFeed {
     /// The next event; waits for one. `None` only when the bus is gone.
+    ///
+    /// Dropping the returned future loses no event, but it abandons any
+    /// recovery in progress (a stall check, reopening the consumer), so a
+    /// caller that races `next` against a short timer should read the feed
+    /// from its own task instead, as the aggregator's worker does.
     pub async fn next(&mut self) -> Option<Result<StoredEvent, BusError>> {
         match &mut self.inner {
             FeedInner::Memory(f) => f.next().await,

@@ -10,8 +10,8 @@ use parking_lot::Mutex;
 use tokio::sync::{broadcast, Notify};
 
 use crate::{
-    Appended, BusConfig, BusError, EventFeed, FeedInner, Live, StoredEvent, SubInner,
-    UpdateSubscription,
+    Appended, BusConfig, BusError, EventFeed, FeedInner, Live, Outbound, PartialPublish,
+    StoredEvent, SubInner, UpdateSubscription,
 };
 
 /// Live-subscriber buffer per topic; a subscriber further behind gets [`Live::Gap`].
@@ -40,6 +40,8 @@ struct State {
     dedup: HashMap<String, (u64, Instant)>,
     updates: HashMap<String, VecDeque<Bytes>>,
     history: HashMap<String, VecDeque<Bytes>>,
+    /// Ids of stored history records, as JetStream's duplicate window keeps them.
+    history_ids: HashMap<String, Instant>,
     live: HashMap<String, broadcast::Sender<Bytes>>,
     checkpoints: HashMap<u32, Bytes>,
 }
@@ -133,6 +135,44 @@ impl MemoryBus {
             }
         }
         Ok(())
+    }
+
+    pub(crate) async fn publish_all(&self, items: &[Outbound]) -> Result<(), PartialPublish> {
+        for (stored, item) in items.iter().enumerate() {
+            let result = match item {
+                Outbound::Update { topic, payload } => {
+                    self.publish_update(topic, payload.clone()).await
+                }
+                Outbound::History { topic, payload, id } => {
+                    if self.seen_history_id(id) {
+                        continue;
+                    }
+                    self.publish_history(topic, payload.clone()).await
+                }
+            };
+            result.map_err(|error| PartialPublish { stored, error })?;
+        }
+        Ok(())
+    }
+
+    /// Records `id`; true if it was recorded within the duplicate window.
+    fn seen_history_id(&self, id: &str) -> bool {
+        let window = self.inner.config.duplicate_window;
+        let now = Instant::now();
+        let mut st = self.inner.state.lock();
+        if st
+            .history_ids
+            .get(id)
+            .is_some_and(|at| now.duration_since(*at) < window)
+        {
+            return true;
+        }
+        if st.history_ids.len() > DEDUP_PRUNE_AT {
+            st.history_ids
+                .retain(|_, at| now.duration_since(*at) < window);
+        }
+        st.history_ids.insert(id.to_string(), now);
+        false
     }
 
     pub(crate) async fn publish_history(

@@ -17,8 +17,8 @@ use kpi_core::subject::{
 use kpi_core::{partition_of, EventRecord, KpiCode, Topic};
 
 use crate::{
-    Appended, BusConfig, BusError, EventFeed, FeedInner, Live, StoredEvent, SubInner,
-    UpdateSubscription,
+    Appended, BusConfig, BusError, EventFeed, FeedInner, Live, Outbound, PartialPublish,
+    StoredEvent, SubInner, UpdateSubscription,
 };
 
 pub const EVENTS_STREAM: &str = "KPI_EVENTS";
@@ -28,6 +28,15 @@ pub const CHECKPOINT_STREAM: &str = "KPI_CHECKPOINTS";
 
 /// Reading back a topic's stored messages never takes longer than this.
 const READBACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// The reply wait of the event feed's own API requests (stall checks,
+/// consumer creation). A request to a stream whose leader just died gets no
+/// reply at all, and the client's default of 10 s per request made a lost
+/// consumer take 20 s or more to replace; a leader is re-elected within
+/// seconds, so retrying sooner is what shortens the gap.
+const FEED_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// `publish_all` sends at most this many messages before awaiting their
+/// acknowledgements; bounds what a failure leaves unconfirmed.
+const PUBLISH_WINDOW: usize = 256;
 /// `known_kpis` reads at most this many update subjects (three per code).
 const MAX_SUBJECTS_LISTED: usize = 300_000;
 
@@ -36,7 +45,9 @@ pub struct NatsBus {
     config: BusConfig,
     client: async_nats::Client,
     js: jetstream::Context,
-    events: stream::Stream,
+    /// Seen through a context with [`FEED_REQUEST_TIMEOUT`]: only event
+    /// feeds read it.
+    feed_events: stream::Stream,
     updates: stream::Stream,
     history: stream::Stream,
     checkpoints: stream::Stream,
@@ -74,7 +85,7 @@ impl NatsBus {
             discard: stream::DiscardPolicy::Old,
             ..Default::default()
         };
-        let events = ensure_stream(
+        ensure_stream(
             &js,
             stream::Config {
                 duplicate_window: config.duplicate_window,
@@ -107,11 +118,17 @@ impl NatsBus {
             },
         )
         .await?;
+        let feed_events = jetstream::ContextBuilder::new()
+            .timeout(FEED_REQUEST_TIMEOUT)
+            .build(client.clone())
+            .get_stream(EVENTS_STREAM)
+            .await
+            .map_err(|e| BusError::Setup(format!("opening stream {EVENTS_STREAM}: {e}")))?;
         Ok(NatsBus {
             config,
             client,
             js,
-            events,
+            feed_events,
             updates,
             history,
             checkpoints,
@@ -158,14 +175,15 @@ impl NatsBus {
         let next_seq = from_seq.max(1);
         // Opened eagerly so a bad stream or a down server fails here, where
         // the caller expects setup errors, rather than on the first read.
-        let messages = open_feed(&self.events, &filter, next_seq).await?;
+        let messages = open_feed(&self.feed_events, &filter, next_seq).await?;
         Ok(EventFeed {
             inner: FeedInner::Nats(Box::new(NatsFeed {
-                events: self.events.clone(),
+                events: self.feed_events.clone(),
                 filter,
                 next_seq,
                 messages: Some(messages),
                 failed: false,
+                check_at: tokio::time::Instant::now() + FEED_STALL_CHECK,
             })),
         })
     }
@@ -183,6 +201,49 @@ impl NatsBus {
             .map_err(BusError::unavailable)?
             .await
             .map_err(BusError::unavailable)?;
+        Ok(())
+    }
+
+    pub(crate) async fn publish_all(&self, items: &[Outbound]) -> Result<(), PartialPublish> {
+        for (window, chunk) in items.chunks(PUBLISH_WINDOW).enumerate() {
+            let base = window * PUBLISH_WINDOW;
+            let mut acks = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                let sent = match item {
+                    Outbound::Update { topic, payload } => {
+                        self.js
+                            .publish(topic.updates_subject(), payload.clone())
+                            .await
+                    }
+                    Outbound::History { topic, payload, id } => {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                        self.js
+                            .publish_with_headers(topic.history_subject(), headers, payload.clone())
+                            .await
+                    }
+                };
+                match sent {
+                    Ok(ack) => acks.push(ack),
+                    // Whether the window's earlier items were stored is not
+                    // known without their acks; resending them is harmless.
+                    Err(e) => {
+                        return Err(PartialPublish {
+                            stored: base,
+                            error: BusError::unavailable(e),
+                        })
+                    }
+                }
+            }
+            for (i, ack) in acks.into_iter().enumerate() {
+                if let Err(e) = ack.await {
+                    return Err(PartialPublish {
+                        stored: base + i,
+                        error: BusError::unavailable(e),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
@@ -382,7 +443,7 @@ const FEED_REOPEN_BACKOFF: Duration = Duration::from_millis(250);
 /// not delivered. When the server holding an ordered consumer dies, the
 /// client may report nothing and recover only after ~70 s of missed
 /// heartbeats; the check turns that stall into a reopen within seconds.
-const FEED_STALL_CHECK: Duration = Duration::from_secs(3);
+const FEED_STALL_CHECK: Duration = Duration::from_secs(2);
 
 /// An ephemeral ordered consumer over one partition's events.
 async fn open_feed(
@@ -409,9 +470,10 @@ async fn open_feed(
 /// cluster node holding this R1 consumer), but only after it has reported
 /// "consumer not found" and then sat through missed heartbeats: measured
 /// against 2.9.10, about 75 s with no events. Reopening ourselves after the
-/// first error brings that down to the first error (about 15 s after the
-/// restart), and the feed's own `next_seq` makes the reopened consumer start
-/// exactly after the last event handed out, so nothing is skipped or repeated.
+/// first error or a failed stall check ([`FEED_STALL_CHECK`]) brings that
+/// down to a few seconds after a new stream leader is elected, and the feed's
+/// own `next_seq` makes the reopened consumer start exactly after the last
+/// event handed out, so nothing is skipped or repeated.
 pub struct NatsFeed {
     events: stream::Stream,
     filter: String,
@@ -421,6 +483,11 @@ pub struct NatsFeed {
     messages: Option<consumer::pull::Ordered>,
     /// The previous read failed: back off before reopening.
     failed: bool,
+    /// When to check for a stall if nothing arrives before. Kept here, not
+    /// in `next`'s future: callers select over `next` next to a timer, so
+    /// the future is dropped and restarted far more often than the check
+    /// interval, and a timeout inside it would never fire.
+    check_at: tokio::time::Instant,
 }
 
 impl NatsFeed {
@@ -444,7 +511,7 @@ impl NatsFeed {
                     }
                 }
             };
-            let m = match tokio::time::timeout(FEED_STALL_CHECK, messages.next()).await {
+            let m = match tokio::time::timeout_at(self.check_at, messages.next()).await {
                 Ok(None) => return None,
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(e))) => return Some(Err(self.fail(e))),
@@ -452,7 +519,9 @@ impl NatsFeed {
                     // Owned copies: holding `&self` across the await would
                     // need the feed to be Sync, which the consumer is not.
                     let (events, filter) = (self.events.clone(), self.filter.clone());
-                    if stalled(&events, &filter, self.next_seq).await {
+                    let is_stalled = stalled(&events, &filter, self.next_seq).await;
+                    self.check_at = tokio::time::Instant::now() + FEED_STALL_CHECK;
+                    if is_stalled {
                         tracing::warn!(filter = %self.filter, next_seq = self.next_seq, "event feed stalled; reopening");
                         self.messages = None;
                     }
@@ -469,6 +538,7 @@ impl NatsFeed {
                 continue;
             }
             self.next_seq = seq + 1;
+            self.check_at = tokio::time::Instant::now() + FEED_STALL_CHECK;
             return Some(Ok(StoredEvent {
                 seq,
                 pending,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
-use kpi_bus::{Bus, BusConfig, EventFeed, Live, StoredEvent, UpdateSubscription};
+use kpi_bus::{Bus, BusConfig, EventFeed, Live, Outbound, StoredEvent, UpdateSubscription};
 use kpi_core::{partition_of, EventRecord, KpiCode, Period, Topic};
 use kpi_test_support::{NatsCluster, NatsServer};
 
@@ -293,6 +293,39 @@ async fn publish_update_reaches_a_live_subscription(fx: Fixture) {
     if let Ok(Some(m)) = tokio::time::timeout(QUIET, other_sub.next()).await {
         panic!("an update of {t} reached a subscriber of {other}: {m:?}");
     }
+}
+
+async fn publish_all_keeps_order_and_stores_a_history_record_once(fx: Fixture) {
+    let bus = &fx.bus;
+    let t = topic("orders_batch", Period::Minute);
+    let mut sub = bus.subscribe_updates(&t).await.expect("subscribe");
+    // More than one acknowledgement window of the NATS bus.
+    let mut items: Vec<Outbound> = (1..=600)
+        .map(|i| Outbound::Update {
+            topic: t.clone(),
+            payload: Bytes::from(format!("u{i}")),
+        })
+        .collect();
+    let closed = Outbound::History {
+        topic: t.clone(),
+        payload: Bytes::from_static(b"closed"),
+        id: "orders_batch/minute/60/7".into(),
+    };
+    items.insert(300, closed.clone());
+    bus.publish_all(&items).await.expect("publish all");
+    for i in 1..=600 {
+        assert_eq!(next_live(&mut sub).await, format!("u{i}"));
+    }
+    assert_eq!(
+        bus.last_update(&t).await.expect("last"),
+        Some(Bytes::from_static(b"u600"))
+    );
+    // A retry after a partial failure resends the record with its id.
+    bus.publish_all(&[closed]).await.expect("republish");
+    assert_eq!(
+        bus.history(&t, 10).await.expect("history"),
+        bytes_of(&["closed"])
+    );
 }
 
 async fn last_and_recent_updates_return_the_newest(fx: Fixture) {
@@ -611,6 +644,7 @@ conformance!(
     event_feed_reads_one_partition_in_order_with_pending,
     event_feed_resumes_from_a_seq,
     publish_update_reaches_a_live_subscription,
+    publish_all_keeps_order_and_stores_a_history_record_once,
     last_and_recent_updates_return_the_newest,
     updates_kept_per_topic_are_bounded,
     history_is_bounded_and_newest_last,
