@@ -87,6 +87,11 @@ pub struct Finished {
     pub dropped: u64,
     /// End-to-end latency in microseconds: (value, count).
     pub latency_us: Vec<(u64, u64)>,
+    /// From the message's `updated_at` (when it was rendered: the
+    /// aggregator for kpistream, the publisher for the baselines) to
+    /// receipt, microseconds: (value, count).
+    #[serde(default)]
+    pub fanout_us: Vec<(u64, u64)>,
     /// Deliveries per second of the window.
     pub per_sec: Vec<u64>,
     pub window_secs: f64,
@@ -108,6 +113,7 @@ struct Shared {
     per_sec: Vec<AtomicU64>,
     // Sharded so connections on different threads rarely meet on one lock.
     latency: Vec<Mutex<Histogram<u64>>>,
+    fanout: Vec<Mutex<Histogram<u64>>>,
     connect: Mutex<Histogram<u64>>,
     first_error: Mutex<Option<String>>,
 }
@@ -122,8 +128,17 @@ pub fn now_micros() -> i64 {
 /// `event_time` of a message in microseconds since the epoch, found without
 /// parsing the whole JSON so the client's cost is the same for every target.
 pub fn event_time_micros(payload: &[u8]) -> Option<i64> {
-    const KEY: &[u8] = b"\"event_time\":\"";
-    let at = find(payload, KEY)? + KEY.len();
+    time_field_micros(payload, b"\"event_time\":\"")
+}
+
+/// `updated_at` of a message in microseconds since the epoch.
+pub fn updated_at_micros(payload: &[u8]) -> Option<i64> {
+    time_field_micros(payload, b"\"updated_at\":\"")
+}
+
+/// The RFC 3339 time after `key` (which ends with the opening quote).
+fn time_field_micros(payload: &[u8], key: &[u8]) -> Option<i64> {
+    let at = find(payload, key)? + key.len();
     let len = payload[at..].iter().position(|b| *b == b'"')?;
     let text = std::str::from_utf8(&payload[at..at + len]).ok()?;
     let t = chrono::DateTime::parse_from_rfc3339(text).ok()?;
@@ -157,6 +172,11 @@ impl Shared {
         if let Ok(mut h) = self.latency[shard % SHARDS].lock() {
             h.saturating_record(latency);
         }
+        if let Some(rendered) = updated_at_micros(payload) {
+            if let Ok(mut h) = self.fanout[shard % SHARDS].lock() {
+                h.saturating_record((now - rendered).max(1) as u64);
+            }
+        }
         self.deliveries.fetch_add(1, Ordering::Relaxed);
         let sec = ((now - self.t0.load(Ordering::Relaxed)) / 1_000_000).max(0) as usize;
         if let Some(c) = self.per_sec.get(sec) {
@@ -185,6 +205,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         failed: AtomicU64::new(0),
         per_sec: (0..=args.max_secs).map(|_| AtomicU64::new(0)).collect(),
         latency: (0..SHARDS).map(|_| Mutex::new(new_hist())).collect(),
+        fanout: (0..SHARDS).map(|_| Mutex::new(new_hist())).collect(),
         connect: Mutex::new(new_hist()),
         first_error: Mutex::new(None),
     });
@@ -242,6 +263,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             latency.add(&*h).context("merging histograms")?;
         }
     }
+    let mut fanout = new_hist();
+    for h in &shared.fanout {
+        if let Ok(h) = h.lock() {
+            fanout.add(&*h).context("merging histograms")?;
+        }
+    }
     let full_secs = window_secs.ceil() as usize;
     let finished = Finished {
         deliveries: shared.deliveries.load(Ordering::Relaxed),
@@ -249,6 +276,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         unparsed: shared.unparsed.load(Ordering::Relaxed),
         dropped: shared.dropped.load(Ordering::Relaxed),
         latency_us: hist_to_pairs(&latency),
+        fanout_us: hist_to_pairs(&fanout),
         per_sec: shared
             .per_sec
             .iter()
@@ -415,6 +443,12 @@ mod tests {
     fn finds_event_time() {
         let m = br#"{"type":"update","kpi":"a","event_time":"2026-01-01T00:00:01.5Z","x":1}"#;
         assert_eq!(event_time_micros(m), Some(1_767_225_601_500_000));
+        let m = br#"{"event_time":"2026-01-01T00:00:01Z","updated_at":"2026-01-01T00:00:02.25Z"}"#;
+        assert_eq!(updated_at_micros(m), Some(1_767_225_602_250_000));
+        assert_eq!(
+            updated_at_micros(br#"{"event_time":"2026-01-01T00:00:01Z"}"#),
+            None
+        );
         assert!(!is_snapshot(m));
         assert!(is_snapshot(br#"{"type":"snapshot","event_time":null}"#));
         assert_eq!(event_time_micros(br#"{"event_time":null}"#), None);

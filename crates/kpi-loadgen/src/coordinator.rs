@@ -178,6 +178,7 @@ pub async fn measure(load: &LoadArgs, target: &Target) -> anyhow::Result<RunRepo
     }
 
     let mut latency = new_hist();
+    let mut fanout = new_hist();
     let (mut deliveries, mut dropped, mut unparsed) = (0, 0, 0);
     let mut per_sec: Vec<u64> = Vec::new();
     for w in &mut workers {
@@ -187,6 +188,7 @@ pub async fn measure(load: &LoadArgs, target: &Target) -> anyhow::Result<RunRepo
         dropped += f.dropped;
         unparsed += f.unparsed;
         add_pairs(&mut latency, &f.latency_us);
+        add_pairs(&mut fanout, &f.fanout_us);
         if per_sec.len() < f.per_sec.len() {
             per_sec.resize(f.per_sec.len(), 0);
         }
@@ -226,6 +228,7 @@ pub async fn measure(load: &LoadArgs, target: &Target) -> anyhow::Result<RunRepo
         unparsed,
         latency_ms: Percentiles::of(&latency),
         latency_us: crate::report::hist_to_pairs(&latency),
+        fanout_ms: Percentiles::of(&fanout),
         per_sec,
         server_cpu_secs: server_cpu,
         total_cpu_secs: total_cpu,
@@ -285,7 +288,7 @@ fn print_logs(dir: &std::path::Path) {
 
 pub fn summary_line(r: &RunReport) -> String {
     format!(
-        "{:<9} conns {}/{} deliveries/s {:.0} (ratio {:.3}) p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms | server CPU {:.2} s -> {:.0} deliveries/CPU-s | total CPU {:.2} s | RSS idle/conn {:.0} B",
+        "{:<9} conns {}/{} deliveries/s {:.0} (ratio {:.3}) p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms (from render: p50 {:.2} p99 {:.2}) | server CPU {:.2} s -> {:.0} deliveries/CPU-s | total CPU {:.2} s | RSS idle/conn {:.0} B",
         r.target,
         r.connections_open,
         r.connections_wanted,
@@ -295,6 +298,8 @@ pub fn summary_line(r: &RunReport) -> String {
         r.latency_ms.p99,
         r.latency_ms.p999,
         r.latency_ms.max,
+        r.fanout_ms.p50,
+        r.fanout_ms.p99,
         r.server_cpu_secs,
         r.deliveries_per_server_cpu_sec,
         r.total_cpu_secs,

@@ -81,6 +81,12 @@ pub struct RunReport {
     pub latency_ms: Percentiles,
     /// The latency histogram as (upper bound µs, count), for plots and merging.
     pub latency_us: Vec<(u64, u64)>,
+    /// From `updated_at` to receipt: for kpistream the hop from the
+    /// aggregator's render through NATS and the gateway to the client, so
+    /// `latency_ms` minus this is ingest, JetStream and the aggregator. For
+    /// the baselines it equals `latency_ms`.
+    #[serde(default)]
+    pub fanout_ms: Percentiles,
     pub per_sec: Vec<u64>,
     /// CPU seconds of the server processes (the gateway alone for kpistream split) in the window.
     pub server_cpu_secs: f64,
