@@ -61,6 +61,8 @@ pub struct WorkerArgs {
     pub connect_concurrency: usize,
     #[arg(long)]
     pub connect_timeout: u64,
+    #[arg(long, default_value_t = 0)]
+    pub connect_retries: u32,
     /// The worker exits by itself after this many seconds whatever happens.
     #[arg(long)]
     pub max_secs: u64,
@@ -71,6 +73,9 @@ pub struct WorkerArgs {
 pub struct Connected {
     pub connected: u64,
     pub failed: u64,
+    /// Failed attempts that were tried again.
+    #[serde(default)]
+    pub retries: u64,
     /// Connect time (TCP + WebSocket handshake + subscribe sent), microseconds: (value, count).
     pub connect_us: Vec<(u64, u64)>,
     pub first_error: Option<String>,
@@ -110,6 +115,7 @@ struct Shared {
     dropped: AtomicU64,
     connected: AtomicU64,
     failed: AtomicU64,
+    retries: AtomicU64,
     per_sec: Vec<AtomicU64>,
     // Sharded so connections on different threads rarely meet on one lock.
     latency: Vec<Mutex<Histogram<u64>>>,
@@ -203,6 +209,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         dropped: AtomicU64::new(0),
         connected: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        retries: AtomicU64::new(0),
         per_sec: (0..=args.max_secs).map(|_| AtomicU64::new(0)).collect(),
         latency: (0..SHARDS).map(|_| Mutex::new(new_hist())).collect(),
         fanout: (0..SHARDS).map(|_| Mutex::new(new_hist())).collect(),
@@ -229,6 +236,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let connected = Connected {
         connected: shared.connected.load(Ordering::Relaxed),
         failed: args.count as u64 - shared.connected.load(Ordering::Relaxed),
+        retries: shared.retries.load(Ordering::Relaxed),
         connect_us: shared
             .connect
             .lock()
@@ -291,14 +299,29 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 async fn client(idx: usize, args: &WorkerArgs, shared: &Shared, gate: &Semaphore) {
-    let permit = gate.acquire().await;
+    let mut permit = gate.acquire().await;
+    let mut attempt = 0;
+    // Connect time counts from the first attempt, retries included.
     let started = Instant::now();
-    let ws = match open(idx, args).await {
-        Ok(ws) => ws,
-        Err(e) => {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-            shared.error(format!("connection {idx}: {e:#}"));
-            return;
+    let ws = loop {
+        match open(idx, args).await {
+            Ok(ws) => break ws,
+            Err(e) if attempt < args.connect_retries => {
+                attempt += 1;
+                shared.retries.fetch_add(1, Ordering::Relaxed);
+                shared.error(format!("connection {idx} (retried): {e:#}"));
+                // The slot goes to others while this client waits, as a
+                // real dashboard's backoff would.
+                drop(permit);
+                let jitter = (idx % 500) as u64;
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt) + jitter)).await;
+                permit = gate.acquire().await;
+            }
+            Err(e) => {
+                shared.failed.fetch_add(1, Ordering::Relaxed);
+                shared.error(format!("connection {idx}: {e:#}"));
+                return;
+            }
         }
     };
     if let Ok(mut h) = shared.connect.lock() {

@@ -76,6 +76,7 @@ fn spawn_workers(load: &LoadArgs, target: &Target) -> anyhow::Result<Vec<Worker>
                 &load.connect_concurrency.to_string(),
             ])
             .args(["--connect-timeout", &load.connect_timeout.to_string()])
+            .args(["--connect-retries", &load.connect_retries.to_string()])
             .args(["--max-secs", &run_bound_secs(load).to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -111,7 +112,7 @@ pub async fn measure(load: &LoadArgs, target: &Target) -> anyhow::Result<RunRepo
     let connect_started = Instant::now();
     let mut workers = spawn_workers(load, target)?;
     let mut connect = new_hist();
-    let (mut open, mut failed, mut first_error) = (0, 0, None);
+    let (mut open, mut failed, mut retries, mut first_error) = (0, 0, 0, None);
     for w in &mut workers {
         let line = w
             .line(Duration::from_secs(load.connect_timeout + 30))
@@ -119,6 +120,7 @@ pub async fn measure(load: &LoadArgs, target: &Target) -> anyhow::Result<RunRepo
         let c: Connected = serde_json::from_str(&line).context("worker's connected line")?;
         open += c.connected;
         failed += c.failed;
+        retries += c.retries;
         add_pairs(&mut connect, &c.connect_us);
         if first_error.is_none() {
             first_error = c.first_error;
@@ -209,6 +211,7 @@ pub async fn measure(load: &LoadArgs, target: &Target) -> anyhow::Result<RunRepo
         connections_wanted: load.connections,
         connections_open: open,
         connect_failures: failed,
+        connect_retries: retries,
         first_error,
         connect_ms: Percentiles::of(&connect),
         connect_wall_secs,

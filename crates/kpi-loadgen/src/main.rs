@@ -83,6 +83,10 @@ pub struct LoadArgs {
     /// Seconds allowed for all connections to open.
     #[arg(long, default_value_t = 120)]
     pub connect_timeout: u64,
+    /// Times a client tries again after a failed connect, with a growing
+    /// pause, as a dashboard's reconnect does. Retries are reported.
+    #[arg(long, default_value_t = 2)]
+    pub connect_retries: u32,
     /// Client source addresses are 127.0.0.<first> and up, one per --conns-per-source.
     #[arg(long, default_value_t = 2)]
     pub source_first: u8,

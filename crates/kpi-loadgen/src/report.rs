@@ -63,7 +63,11 @@ pub struct RunReport {
     pub setup: String,
     pub connections_wanted: usize,
     pub connections_open: u64,
+    /// Connections that never opened, retries included.
     pub connect_failures: u64,
+    /// Failed attempts that a retry then recovered or not (`--connect-retries`).
+    #[serde(default)]
+    pub connect_retries: u64,
     pub first_error: Option<String>,
     pub connect_ms: Percentiles,
     pub connect_wall_secs: f64,
