@@ -2,6 +2,8 @@
 
 /// The peer went away or was silent past the idle timeout.
 pub const GOING_AWAY: u16 = 1001;
+/// The client broke the WebSocket protocol (an unmasked frame, a bad opcode).
+pub const PROTOCOL: u16 = 1002;
 /// A text frame that is not UTF-8.
 pub const INVALID_PAYLOAD: u16 = 1007;
 /// Policy violation: sustained flooding past the rate limit.

@@ -10,23 +10,27 @@
 use std::future::Future;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use bytes::Bytes;
-use futures::stream::SplitSink;
-use futures::{SinkExt, StreamExt};
+use bytes::{Bytes, BytesMut};
 use kpi_core::ErrorMessage;
 use kpi_service::Shutdown;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::close_codes;
 use crate::outbox::{Out, Outbox};
+use crate::ws_frame::{self, Decoder, FrameError, Incoming};
+use crate::ws_upgrade::RawSocket;
 
-/// Messages written before one flush, so a burst costs few syscalls.
+/// Messages written in one syscall, so a burst costs few of them.
 const MAX_BATCH: usize = 64;
 
-/// tungstenite's per-connection read buffer. Small because an idle dashboard
-/// connection must cost little memory and clients send only short messages.
+/// Initial read buffer per connection. Small because an idle dashboard
+/// connection must cost little memory and clients send only short messages;
+/// a larger message grows it while it arrives.
 pub(crate) const READ_BUFFER_BYTES: usize = 1024;
+/// A write buffer that grew past this (a burst) is freed after the write,
+/// so idle connections do not keep it.
+const KEEP_WRITE_BUFFER: usize = 4096;
 
 /// What the reading side decided.
 pub(crate) enum Flow {
@@ -52,6 +56,8 @@ pub(crate) struct Timing {
     pub stuck_timeout: Duration,
     /// Longest wait for the close handshake once a close is decided.
     pub close_grace: Duration,
+    /// Largest message (and frame) a client may send.
+    pub max_message: usize,
 }
 
 impl Timing {
@@ -63,6 +69,7 @@ impl Timing {
             close_grace: s
                 .drain
                 .clamp(Duration::from_millis(100), Duration::from_secs(10)),
+            max_message: s.max_frame_bytes,
         }
     }
 }
@@ -74,7 +81,7 @@ pub(crate) fn error_bytes(e: &ErrorMessage) -> Bytes {
 
 enum End {
     Close(u16, &'static str, Option<Bytes>),
-    /// The peer sent a close frame; tungstenite answers it.
+    /// The peer sent a close frame; the writer answers it.
     PeerClosed,
     /// The socket broke or the writer stopped: nothing more can be said.
     Gone,
@@ -82,14 +89,22 @@ enum End {
 
 /// Runs a connection until it ends. Returns when the socket is finished with.
 pub(crate) async fn drive<H: Inbound>(
-    socket: WebSocket,
+    socket: RawSocket,
     outbox: Outbox,
     mut inbound: H,
     timing: Timing,
     shutdown: Shutdown,
 ) {
-    let (sink, mut stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(sink, outbox.clone()));
+    let RawSocket {
+        mut reader,
+        writer,
+        buffered,
+    } = socket;
+    let mut writer = tokio::spawn(write_loop(writer, outbox.clone()));
+    let mut input = Input {
+        buf: BytesMut::from(&buffered[..]),
+        decoder: Decoder::new(timing.max_message),
+    };
     let mut ping =
         tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
     let check_every = (timing.stuck_timeout.min(timing.idle_timeout) / 4)
@@ -102,28 +117,34 @@ pub(crate) async fn drive<H: Inbound>(
                 break End::Close(close_codes::RESTART, close_codes::RESTART_REASON, None);
             }
             _ = &mut writer => break End::Gone,
-            frame = stream.next() => {
-                let msg = match frame {
-                    None => break End::Gone,
-                    Some(Err(e)) => match read_error(e) {
-                        ReadError::TooBig => {
-                            crate::metrics::rejected("frame_too_big");
-                            break End::Close(close_codes::TOO_BIG, "message too big", None);
-                        }
-                        ReadError::BadUtf8 => {
-                            crate::metrics::rejected("invalid_utf8");
-                            break End::Close(close_codes::INVALID_PAYLOAD, "text frame is not UTF-8", None);
-                        }
-                        ReadError::Other => break End::Gone,
-                    },
-                    Some(Ok(msg)) => msg,
+            incoming = input.next(&mut reader) => {
+                let msg = match incoming {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break End::Gone,
+                    Err(ReadError::Frame(FrameError::TooBig)) => {
+                        crate::metrics::rejected("frame_too_big");
+                        break End::Close(close_codes::TOO_BIG, "message too big", None);
+                    }
+                    Err(ReadError::Frame(FrameError::BadUtf8)) => {
+                        crate::metrics::rejected("invalid_utf8");
+                        break End::Close(close_codes::INVALID_PAYLOAD, "text frame is not UTF-8", None);
+                    }
+                    Err(ReadError::Frame(FrameError::Protocol(why))) => {
+                        crate::metrics::rejected("protocol_error");
+                        break End::Close(close_codes::PROTOCOL, why, None);
+                    }
+                    Err(ReadError::Io) => break End::Gone,
                 };
                 last_heard = Instant::now();
                 let flow = match msg {
-                    Message::Text(t) => inbound.on_text(t.as_str()).await,
-                    Message::Binary(_) => inbound.on_binary().await,
-                    Message::Close(_) => break End::PeerClosed,
-                    Message::Ping(_) | Message::Pong(_) => Flow::Continue,
+                    Incoming::Text(t) => inbound.on_text(&t).await,
+                    Incoming::Binary => inbound.on_binary().await,
+                    Incoming::Close => break End::PeerClosed,
+                    Incoming::Ping(payload) => {
+                        outbox.push_pong(payload);
+                        Flow::Continue
+                    }
+                    Incoming::Pong => Flow::Continue,
                 };
                 if let Flow::Close { code, reason, error } = flow {
                     break End::Close(code, reason, error);
@@ -154,8 +175,8 @@ pub(crate) async fn drive<H: Inbound>(
                 let _ = (&mut writer).await;
                 // The handshake: wait for the peer's close so it reads ours
                 // before the TCP connection goes away.
-                while let Some(Ok(m)) = stream.next().await {
-                    if matches!(m, Message::Close(_)) {
+                while let Ok(Some(m)) = input.next(&mut reader).await {
+                    if m == Incoming::Close {
                         break;
                     }
                 }
@@ -163,7 +184,6 @@ pub(crate) async fn drive<H: Inbound>(
             .await;
         }
         End::PeerClosed => {
-            // tungstenite queued the reply; let the writer flush it.
             outbox.close(close_codes::NORMAL, "", None);
             let _ = tokio::time::timeout(timing.close_grace, &mut writer).await;
         }
@@ -173,68 +193,87 @@ pub(crate) async fn drive<H: Inbound>(
 }
 
 enum ReadError {
-    TooBig,
-    /// A text frame that is not UTF-8: the client gets 1007, not a dropped socket.
-    BadUtf8,
-    Other,
+    /// The client broke the protocol or a limit: answered with a close code.
+    Frame(FrameError),
+    /// The socket failed: nothing more can be said.
+    Io,
 }
 
-fn read_error(e: axum::Error) -> ReadError {
-    use tokio_tungstenite::tungstenite::Error;
-    match e.into_inner().downcast_ref::<Error>() {
-        Some(Error::Capacity(_)) => ReadError::TooBig,
-        Some(Error::Utf8(_)) => ReadError::BadUtf8,
-        _ => ReadError::Other,
+/// The reading side: bytes read so far and the message being reassembled.
+struct Input {
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+impl Input {
+    /// The next whole message; `None` at end of stream. Cancel-safe: bytes
+    /// are kept in `buf` and a partial message in the decoder.
+    async fn next(
+        &mut self,
+        reader: &mut (dyn AsyncRead + Send + Unpin),
+    ) -> Result<Option<Incoming>, ReadError> {
+        loop {
+            if let Some(m) = self.decoder.decode(&mut self.buf).map_err(ReadError::Frame)? {
+                return Ok(Some(m));
+            }
+            if self.buf.capacity() - self.buf.len() < READ_BUFFER_BYTES / 2 {
+                self.buf.reserve(READ_BUFFER_BYTES);
+            }
+            match reader.read_buf(&mut self.buf).await {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(_) => return Err(ReadError::Io),
+            }
+        }
     }
 }
 
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Outbox) {
+async fn write_loop(mut w: Box<dyn AsyncWrite + Send + Unpin>, outbox: Outbox) {
     // Looked up once and counted once per batch: a registry lookup per
     // message showed up in profiles at 100k deliveries/s (benches/README.md).
     let sent = metrics::counter!(crate::metrics::MESSAGES_SENT);
+    let mut buf = Vec::new();
     while let Some(first) = outbox.next().await {
         let mut next = Some(first);
         let mut batch = 0;
         let mut data = 0;
+        let mut last = false;
         while let Some(out) = next.take() {
-            let last = matches!(out, Out::Close { .. });
-            data += u64::from(matches!(out, Out::Data { .. }));
-            if let Out::Close { error: Some(e), .. } = &out {
-                if let Ok(text) = Utf8Bytes::try_from(e.clone()) {
-                    let _ = sink.feed(Message::Text(text)).await;
+            match out {
+                Out::Data { bytes, .. } => {
+                    data += 1;
+                    ws_frame::encode(&mut buf, ws_frame::TEXT, &bytes);
                 }
-            }
-            if let Some(msg) = to_message(out) {
-                if sink.feed(msg).await.is_err() {
-                    return;
+                Out::Control(bytes) => ws_frame::encode(&mut buf, ws_frame::TEXT, &bytes),
+                Out::Ping => ws_frame::encode(&mut buf, ws_frame::PING, &[]),
+                Out::Pong(payload) => ws_frame::encode(&mut buf, ws_frame::PONG, &payload),
+                Out::Close {
+                    code,
+                    reason,
+                    error,
+                } => {
+                    if let Some(e) = error {
+                        ws_frame::encode(&mut buf, ws_frame::TEXT, &e);
+                    }
+                    ws_frame::encode_close(&mut buf, code, reason);
+                    last = true;
+                    break;
                 }
-            }
-            if last {
-                let _ = sink.flush().await;
-                sent.increment(data);
-                return;
             }
             batch += 1;
             if batch < MAX_BATCH {
                 next = outbox.try_next();
             }
         }
-        let flushed = sink.flush().await;
+        let written = w.write_all(&buf).await;
         sent.increment(data);
-        if flushed.is_err() {
+        if written.is_err() || last {
+            let _ = w.flush().await;
             return;
         }
-    }
-}
-
-fn to_message(out: Out) -> Option<Message> {
-    match out {
-        Out::Data { bytes, .. } => Utf8Bytes::try_from(bytes).ok().map(Message::Text),
-        Out::Control(bytes) => Utf8Bytes::try_from(bytes).ok().map(Message::Text),
-        Out::Ping => Some(Message::Ping(Bytes::new())),
-        Out::Close { code, reason, .. } => Some(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from(reason),
-        }))),
+        buf.clear();
+        if buf.capacity() > KEEP_WRITE_BUFFER {
+            buf = Vec::new();
+        }
     }
 }

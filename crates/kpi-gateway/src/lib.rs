@@ -30,7 +30,9 @@ pub mod server;
 pub mod sse;
 pub mod topic;
 pub mod ws;
+mod ws_frame;
 pub mod ws_mux;
+mod ws_upgrade;
 
 pub use config::{Cli, GatewaySettings};
 pub use error::GatewayError;

@@ -41,6 +41,8 @@ pub enum Out {
     Control(Bytes),
     /// A WebSocket ping (transports without pings ignore it).
     Ping,
+    /// The answer to a client's ping, with its payload.
+    Pong(Bytes),
     /// Send `error` (if any), then close with `code` and `reason`, then stop.
     Close {
         code: u16,
@@ -58,6 +60,7 @@ enum Item {
     },
     Control(Bytes),
     Ping,
+    Pong(Bytes),
 }
 
 struct SubState {
@@ -191,6 +194,19 @@ impl Outbox {
         true
     }
 
+    /// Queues the answer to a client's ping. A client pinging faster than it
+    /// reads gets answers to some pings only, as RFC 6455 allows.
+    pub fn push_pong(&self, payload: Bytes) {
+        let mut st = self.inner.state.lock();
+        if st.close.is_some() || st.finished || st.queue.len() - st.data_len >= CONTROL_SLACK {
+            return;
+        }
+        st.waiting_since.get_or_insert_with(Instant::now);
+        st.queue.push_back(Item::Pong(payload));
+        drop(st);
+        self.inner.notify.notify_one();
+    }
+
     /// Queues a ping unless one is already waiting.
     pub fn push_ping(&self) {
         let mut st = self.inner.state.lock();
@@ -312,6 +328,7 @@ impl Outbox {
                 st.waiting_since = (!st.queue.is_empty()).then(Instant::now);
                 match item {
                     Item::Control(b) => return Some(Out::Control(b)),
+                    Item::Pong(p) => return Some(Out::Pong(p)),
                     Item::Ping => {
                         st.ping_queued = false;
                         return Some(Out::Ping);

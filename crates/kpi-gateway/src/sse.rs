@@ -122,7 +122,7 @@ fn events(open: Open) -> impl Stream<Item = Result<Event, Infallible>> {
                     };
                     return Some((Ok(Event::default().data(text)), open));
                 }
-                Out::Ping => continue,
+                Out::Ping | Out::Pong(_) => continue,
                 // A close with a reason (an expired token): say why, then end.
                 Out::Close { error: Some(e), .. } => {
                     let Ok(text) = std::str::from_utf8(&e) else {

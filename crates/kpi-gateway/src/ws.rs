@@ -4,8 +4,6 @@
 //! HTTP error with a JSON body, so a browser's failed handshake carries the reason.
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +17,7 @@ use crate::outbox::Outbox;
 use crate::request::{self, ApiError};
 use crate::server::AppState;
 use crate::topic::Start;
+use crate::ws_upgrade::{RawSocket, Upgrade, UpgradeRejection};
 
 pub(crate) async fn handler(
     State(app): State<AppState>,
@@ -26,7 +25,7 @@ pub(crate) async fn handler(
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     Query(q): Query<request::Query>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, UpgradeRejection>,
 ) -> Response {
     match prepare(&app, &caller, &headers, path, &q, ws).await {
         Ok(resp) => resp,
@@ -40,7 +39,7 @@ async fn prepare(
     headers: &HeaderMap,
     path: Result<Path<String>, PathRejection>,
     q: &request::Query,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, UpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let topic = request::topic(path, q)?;
     caller.may_read(&topic.code, "read_ws")?;
@@ -58,9 +57,7 @@ async fn prepare(
     let interest = app.hub.watch(topic).await?;
     let app = app.clone();
     let access = caller.access.clone();
-    Ok(upgrade(ws, &app)
-        .on_upgrade(move |socket| serve(socket, app, interest, start, permit, access))
-        .into_response())
+    Ok(ws.on_upgrade(move |socket| serve(socket, app, interest, start, permit, access)))
 }
 
 /// The 503 for a full gateway.
@@ -74,22 +71,8 @@ pub(crate) fn too_many(permit: Option<Permit>) -> Result<Permit, ApiError> {
     })
 }
 
-/// Applies the frame limits; tungstenite then refuses anything larger.
-pub(crate) fn upgrade(ws: WebSocketUpgrade, app: &AppState) -> WebSocketUpgrade {
-    let max = app.settings.max_frame_bytes;
-    // Echoes `kpistream` when the client offered it (with `bearer.<token>`).
-    ws.max_frame_size(max)
-        .max_message_size(max)
-        // tungstenite zero-fills its whole read buffer on the first read (128 KiB
-        // by default): that was 128 KiB of RSS per idle connection
-        // (benches/README.md). Clients send only small control messages; a
-        // larger frame still arrives, in more reads.
-        .read_buffer_size(crate::connection::READ_BUFFER_BYTES)
-        .protocols([crate::auth::SUBPROTOCOL])
-}
-
 async fn serve(
-    socket: WebSocket,
+    socket: RawSocket,
     app: AppState,
     interest: Interest,
     start: Start,

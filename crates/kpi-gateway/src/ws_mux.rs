@@ -8,8 +8,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -29,6 +27,7 @@ use crate::outbox::Outbox;
 use crate::rate::{RateLimiter, Verdict};
 use crate::server::AppState;
 use crate::topic::Start;
+use crate::ws_upgrade::{RawSocket, Upgrade, UpgradeRejection};
 
 /// At most one `rate_limited` reply per this interval: answering every
 /// flooded message would make us write as fast as the flooder writes.
@@ -38,7 +37,7 @@ pub(crate) async fn handler(
     State(app): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, UpgradeRejection>,
 ) -> Response {
     let ws = match ws {
         Ok(ws) => ws,
@@ -51,13 +50,10 @@ pub(crate) async fn handler(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let upgrade = crate::ws::upgrade(ws, &app);
-    upgrade
-        .on_upgrade(move |socket| serve(socket, app, permit, caller))
-        .into_response()
+    ws.on_upgrade(move |socket| serve(socket, app, permit, caller))
 }
 
-async fn serve(socket: WebSocket, app: AppState, permit: Permit, caller: Caller) {
+async fn serve(socket: RawSocket, app: AppState, permit: Permit, caller: Caller) {
     let outbox = Outbox::new(app.settings.queue_capacity);
     let expiry = ExpiryWatch::start(
         &outbox,

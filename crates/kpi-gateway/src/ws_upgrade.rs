@@ -1,0 +1,157 @@
+//! The WebSocket handshake, done here so the connection gets the raw socket.
+//!
+//! axum's `WebSocketUpgrade` hands over a tungstenite stream behind a lock
+//! shared by its two halves; the gateway writes pre-serialized frames
+//! itself ([`crate::ws_frame`]), so it takes the TCP stream back from hyper
+//! and splits it into owned halves. Refusals keep axum's statuses and texts.
+
+use std::future::Future;
+
+use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::auth::SUBPROTOCOL;
+
+/// A valid WebSocket handshake request, not yet answered.
+pub(crate) struct Upgrade {
+    key: HeaderValue,
+    /// `kpistream`, echoed when the client offered it.
+    protocol: Option<HeaderValue>,
+    on_upgrade: OnUpgrade,
+}
+
+/// Why a request is not a WebSocket handshake.
+#[derive(Debug)]
+pub(crate) struct UpgradeRejection(StatusCode, &'static str);
+
+impl IntoResponse for UpgradeRejection {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = UpgradeRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let bad = |why| Err(UpgradeRejection(StatusCode::BAD_REQUEST, why));
+        if parts.method != Method::GET {
+            return Err(UpgradeRejection(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Request method must be `GET`",
+            ));
+        }
+        let h = &parts.headers;
+        if !has_token(h, CONNECTION, "upgrade") {
+            return bad("Connection header did not include 'upgrade'");
+        }
+        if !has_token(h, UPGRADE, "websocket") {
+            return bad("`Upgrade` header did not include 'websocket'");
+        }
+        if !has_token(h, SEC_WEBSOCKET_VERSION, "13") {
+            return bad("`Sec-WebSocket-Version` header did not include '13'");
+        }
+        let Some(key) = h.get(SEC_WEBSOCKET_KEY).cloned() else {
+            return bad("`Sec-WebSocket-Key` header missing");
+        };
+        let protocol = has_token(h, SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL)
+            .then(|| HeaderValue::from_static(SUBPROTOCOL));
+        let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+            return Err(UpgradeRejection(
+                StatusCode::UPGRADE_REQUIRED,
+                "WebSocket request couldn't be upgraded since no upgrade state was present",
+            ));
+        };
+        Ok(Upgrade {
+            key,
+            protocol,
+            on_upgrade,
+        })
+    }
+}
+
+/// Whether a comma-separated header lists `token` (case-insensitively).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+impl Upgrade {
+    /// The 101 response; `serve` runs on the socket once hyper hands it over.
+    pub fn on_upgrade<F, Fut>(self, serve: F) -> Response
+    where
+        F: FnOnce(RawSocket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Ok(accept) = HeaderValue::try_from(derive_accept_key(self.key.as_bytes())) else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => serve(RawSocket::new(upgraded)).await,
+                Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
+            }
+        });
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+        if let Some(p) = self.protocol {
+            headers.insert(SEC_WEBSOCKET_PROTOCOL, p);
+        }
+        response
+    }
+}
+
+/// The upgraded connection as two independently owned halves.
+pub(crate) struct RawSocket {
+    pub reader: Box<dyn AsyncRead + Send + Unpin>,
+    pub writer: Box<dyn AsyncWrite + Send + Unpin>,
+    /// Bytes the client sent right after the handshake, already read by hyper.
+    pub buffered: Bytes,
+}
+
+impl RawSocket {
+    fn new(upgraded: Upgraded) -> RawSocket {
+        // Our accept loop serves plain TCP streams: take the stream back and
+        // split it without a lock. Anything else is split generically.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let (reader, writer) = parts.io.into_inner().into_split();
+                RawSocket {
+                    reader: Box::new(reader),
+                    writer: Box::new(writer),
+                    buffered: parts.read_buf,
+                }
+            }
+            Err(upgraded) => {
+                let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+                RawSocket {
+                    reader: Box::new(reader),
+                    writer: Box::new(writer),
+                    buffered: Bytes::new(),
+                }
+            }
+        }
+    }
+}
