@@ -125,7 +125,9 @@ impl Decoder {
         };
         if opcode >= CLOSE {
             if !fin || len > MAX_CONTROL_PAYLOAD as u64 {
-                return Err(FrameError::Protocol("control frames must be short and final"));
+                return Err(FrameError::Protocol(
+                    "control frames must be short and final",
+                ));
             }
         } else if len > self.max_message as u64 {
             // Refused from the header alone: the payload is never buffered.
@@ -162,7 +164,9 @@ impl Decoder {
             PONG => Ok(Some(Incoming::Pong)),
             TEXT | BINARY => {
                 if self.partial.is_some() {
-                    return Err(FrameError::Protocol("a new message inside a fragmented one"));
+                    return Err(FrameError::Protocol(
+                        "a new message inside a fragmented one",
+                    ));
                 }
                 if fin {
                     return complete(opcode, payload.to_vec()).map(Some);
@@ -172,7 +176,9 @@ impl Decoder {
             }
             CONTINUATION => {
                 let Some((first, mut data)) = self.partial.take() else {
-                    return Err(FrameError::Protocol("a continuation with no message to continue"));
+                    return Err(FrameError::Protocol(
+                        "a continuation with no message to continue",
+                    ));
                 };
                 if data.len() + payload.len() > self.max_message {
                     return Err(FrameError::TooBig);
@@ -315,7 +321,11 @@ mod tests {
             client_frame(false, PING, b"x"),
             client_frame(true, PING, &[0; 126]),
             client_frame(true, CONTINUATION, b"x"),
-            [client_frame(false, TEXT, b"a"), client_frame(true, TEXT, b"b")].concat(),
+            [
+                client_frame(false, TEXT, b"a"),
+                client_frame(true, TEXT, b"b"),
+            ]
+            .concat(),
             {
                 let mut f = client_frame(true, TEXT, b"x");
                 f[0] |= 0x40;
@@ -326,6 +336,43 @@ mod tests {
                 matches!(decode_all(&bad, 1024), Err(FrameError::Protocol(_))),
                 "{bad:?}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends, decoding ends in a message, a wait for
+        /// more bytes or an error: never a panic, never an endless loop.
+        #[test]
+        fn any_bytes_decode_without_panicking(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            max in 0usize..4096,
+        ) {
+            let mut d = Decoder::new(max);
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = d.decode(&mut buf) {}
+        }
+
+        /// Text split into fragments anywhere decodes to the same text.
+        #[test]
+        fn fragmented_text_reassembles(text in "\\PC{0,300}", cuts in proptest::collection::vec(0usize..300, 0..5)) {
+            let bytes = text.as_bytes();
+            let mut points: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            points.push(0);
+            points.push(bytes.len());
+            points.sort_unstable();
+            points.dedup();
+            let pieces: Vec<&[u8]> = if points.len() < 2 {
+                vec![bytes]
+            } else {
+                points.windows(2).map(|w| &bytes[w[0]..w[1]]).collect()
+            };
+            let mut wire = Vec::new();
+            for (i, piece) in pieces.iter().enumerate() {
+                let opcode = if i == 0 { TEXT } else { CONTINUATION };
+                wire.extend(client_frame(i + 1 == pieces.len(), opcode, piece));
+            }
+            let got = decode_all(&wire, 4096).expect("valid fragments");
+            proptest::prop_assert_eq!(got, vec![Incoming::Text(text)]);
         }
     }
 }

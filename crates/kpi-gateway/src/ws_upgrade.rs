@@ -3,7 +3,8 @@
 //! axum's `WebSocketUpgrade` hands over a tungstenite stream behind a lock
 //! shared by its two halves; the gateway writes pre-serialized frames
 //! itself ([`crate::ws_frame`]), so it takes the TCP stream back from hyper
-//! and splits it into owned halves. Refusals keep axum's statuses and texts.
+//! and splits it into owned halves. Refusals keep axum's statuses and texts,
+//! in the gateway's JSON error body.
 
 use std::future::Future;
 
@@ -39,7 +40,7 @@ pub(crate) struct UpgradeRejection(StatusCode, &'static str);
 
 impl IntoResponse for UpgradeRejection {
     fn into_response(self) -> Response {
-        (self.0, self.1).into_response()
+        crate::request::ApiError::new(self.0, "not_a_websocket_handshake", self.1).into_response()
     }
 }
 

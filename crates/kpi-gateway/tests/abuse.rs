@@ -113,3 +113,85 @@ async fn hostile_clients_get_their_error_and_others_keep_receiving() {
     bystander_receives(&gw, &mut bystander, 4).await;
     gw.stop().await;
 }
+
+/// Reads from a raw socket until `\r\n\r\n`; returns the response head.
+async fn read_head(sock: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(STEP, sock.read(&mut byte))
+            .await
+            .expect("response head in time")
+            .unwrap();
+        assert_eq!(n, 1, "connection closed during the handshake: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_protocol_pings_fragments_and_violations() {
+    let gw = start(settings()).await;
+
+    // A client ping is answered with the same payload; a message sent in
+    // fragments (with a ping between them) arrives whole.
+    let mut ws = gw.ws("/ws").await;
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(STEP, async {
+        loop {
+            match futures::StreamExt::next(&mut ws).await {
+                Some(Ok(Message::Pong(p))) => return p,
+                Some(Ok(_)) => continue,
+                other => panic!("no pong: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("pong in time");
+    assert_eq!(&pong[..], b"are you there");
+    let text = json!({"type": "ping", "id": 7}).to_string();
+    let (a, b) = text.as_bytes().split_at(5);
+    let first = Frame::message(a.to_vec(), OpCode::Data(Data::Text), false);
+    let rest = Frame::message(b.to_vec(), OpCode::Data(Data::Continue), true);
+    ws.send(Message::Frame(first)).await.unwrap();
+    ws.send(Message::Ping(Vec::new().into())).await.unwrap();
+    ws.send(Message::Frame(rest)).await.unwrap();
+    let reply = recv(&mut ws).await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["id"].as_u64()),
+        (Some("pong"), Some(7))
+    );
+
+    // An unmasked client frame breaks RFC 6455: closed 1002.
+    let mut raw = TcpStream::connect(gw.addr).await.unwrap();
+    raw.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut raw).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // The accept key of RFC 6455's own example.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    raw.write_all(&[0x81, 0x01, b'x']).await.unwrap();
+    let mut close = [0u8; 4];
+    tokio::time::timeout(STEP, raw.read_exact(&mut close))
+        .await
+        .expect("close frame in time")
+        .unwrap();
+    assert_eq!(close[0], 0x88, "expected a close frame: {close:?}");
+    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1002);
+
+    // A plain GET is not a handshake: refused before any upgrade.
+    let (status, body) = gw.get("/ws").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["code"], "not_a_websocket_handshake", "{body}");
+    gw.stop().await;
+}
