@@ -246,7 +246,7 @@ async fn write_loop(mut w: Box<dyn AsyncWrite + Send + Unpin>, outbox: Outbox) {
     // Looked up once and counted once per batch: a registry lookup per
     // message showed up in profiles at 100k deliveries/s (benches/README.md).
     let sent = metrics::counter!(crate::metrics::MESSAGES_SENT);
-    let mut unsent_count = 0u64;
+    let mut uncounted = 0u64;
     let mut counted_at = Instant::now();
     let mut buf = Vec::new();
     while let Some(first) = outbox.next().await {
@@ -284,14 +284,14 @@ async fn write_loop(mut w: Box<dyn AsyncWrite + Send + Unpin>, outbox: Outbox) {
         let written = w.write_all(&buf).await;
         // Added to the shared counter in lumps: at 10 messages/s on 10,000
         // connections, one atomic add per write was 2.5% of the gateway's CPU.
-        unsent_count += data;
-        if unsent_count >= COUNT_EVERY || counted_at.elapsed() >= COUNT_INTERVAL || last {
-            sent.increment(unsent_count);
-            unsent_count = 0;
+        uncounted += data;
+        let done = written.is_err() || last;
+        if done || uncounted >= COUNT_EVERY || counted_at.elapsed() >= COUNT_INTERVAL {
+            sent.increment(uncounted);
+            uncounted = 0;
             counted_at = Instant::now();
         }
-        if written.is_err() || last {
-            sent.increment(unsent_count);
+        if done {
             let _ = w.flush().await;
             return;
         }
@@ -300,5 +300,5 @@ async fn write_loop(mut w: Box<dyn AsyncWrite + Send + Unpin>, outbox: Outbox) {
             buf = Vec::new();
         }
     }
-    sent.increment(unsent_count);
+    sent.increment(uncounted);
 }

@@ -265,18 +265,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     }
     shared.active.store(false, Ordering::SeqCst);
     let window_secs = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
-    let mut latency = new_hist();
-    for h in &shared.latency {
-        if let Ok(h) = h.lock() {
-            latency.add(&*h).context("merging histograms")?;
-        }
-    }
-    let mut fanout = new_hist();
-    for h in &shared.fanout {
-        if let Ok(h) = h.lock() {
-            fanout.add(&*h).context("merging histograms")?;
-        }
-    }
+    let latency = merged(&shared.latency)?;
+    let fanout = merged(&shared.fanout)?;
     let full_secs = window_secs.ceil() as usize;
     let finished = Finished {
         deliveries: shared.deliveries.load(Ordering::Relaxed),
@@ -296,6 +286,17 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(&finished)?);
     // Connections are simply dropped with the process: the run is over.
     std::process::exit(0);
+}
+
+/// One histogram out of the per-shard ones.
+fn merged(shards: &[Mutex<Histogram<u64>>]) -> anyhow::Result<Histogram<u64>> {
+    let mut out = new_hist();
+    for h in shards {
+        if let Ok(h) = h.lock() {
+            out.add(&*h).context("merging histograms")?;
+        }
+    }
+    Ok(out)
 }
 
 async fn client(idx: usize, args: &WorkerArgs, shared: &Shared, gate: &Semaphore) {

@@ -57,6 +57,21 @@ impl Seen {
     pub fn current_gateway(&self) -> Option<&str> {
         self.served_by.last().map(String::as_str)
     }
+
+    /// What every fault test demands of client `i`: no error message and no
+    /// value older than one it already had.
+    pub fn assert_clean(&self, i: usize) {
+        assert!(
+            self.errors.is_empty(),
+            "client {i} got errors: {:?}",
+            self.errors
+        );
+        assert!(
+            self.regressions.is_empty(),
+            "client {i} saw older values: {:?}",
+            self.regressions
+        );
+    }
 }
 
 /// A WebSocket client on `/ws/kpi/<code>?period=day` that reconnects with
@@ -309,6 +324,13 @@ impl Publisher {
             published,
             stop,
             task,
+        }
+    }
+
+    /// Waits until at least `n` events are acknowledged (the topic exists).
+    pub async fn wait_acked(&self, n: u64) {
+        while self.published().acked < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
