@@ -55,6 +55,9 @@ test("after a gateway restart the page reconnects by itself to current values, n
     const was = before.find((b) => b.kpi === w.kpi);
     assert.ok(w.seq > was.seq, `${w.kpi}: seq ${w.seq} after the restart > ${was.seq} before`);
   }
+  // A fast restart can satisfy the waits above with one snapshot per KPI on
+  // each side; the order check below must also cover live updates.
+  await h.waitFor("live updates after the restart", async () => h.assertSeqsIncrease(await h.clientLog(page)) > WATCHED.length * 2);
   const log = await h.clientLog(page);
   const closes = log.filter((e) => e.ev === "closed");
   assert.ok(closes.some((e) => e.code === 1012), `a drain close (1012) was seen: ${JSON.stringify(closes)}`);
