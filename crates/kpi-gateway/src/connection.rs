@@ -249,43 +249,12 @@ async fn write_loop(mut w: Box<dyn AsyncWrite + Send + Unpin>, outbox: Outbox) {
     let mut uncounted = 0u64;
     let mut counted_at = Instant::now();
     let mut buf = Vec::new();
-    while let Some(first) = outbox.next().await {
-        let mut next = Some(first);
-        let mut batch = 0;
-        let mut data = 0;
-        let mut last = false;
-        while let Some(out) = next.take() {
-            match out {
-                Out::Data { bytes, .. } => {
-                    data += 1;
-                    ws_frame::encode(&mut buf, ws_frame::TEXT, &bytes);
-                }
-                Out::Control(bytes) => ws_frame::encode(&mut buf, ws_frame::TEXT, &bytes),
-                Out::Ping => ws_frame::encode(&mut buf, ws_frame::PING, &[]),
-                Out::Pong(payload) => ws_frame::encode(&mut buf, ws_frame::PONG, &payload),
-                Out::Close {
-                    code,
-                    reason,
-                    error,
-                } => {
-                    if let Some(e) = error {
-                        ws_frame::encode(&mut buf, ws_frame::TEXT, &e);
-                    }
-                    ws_frame::encode_close(&mut buf, code, reason);
-                    last = true;
-                    break;
-                }
-            }
-            batch += 1;
-            if batch < MAX_BATCH {
-                next = outbox.try_next();
-            }
-        }
+    while let Some(filled) = outbox.fill(MAX_BATCH, |out| encode(&mut buf, out)).await {
         let written = w.write_all(&buf).await;
         // Added to the shared counter in lumps: at 10 messages/s on 10,000
         // connections, one atomic add per write was 2.5% of the gateway's CPU.
-        uncounted += data;
-        let done = written.is_err() || last;
+        uncounted += filled.data;
+        let done = written.is_err() || filled.last;
         if done || uncounted >= COUNT_EVERY || counted_at.elapsed() >= COUNT_INTERVAL {
             sent.increment(uncounted);
             uncounted = 0;
@@ -301,4 +270,25 @@ async fn write_loop(mut w: Box<dyn AsyncWrite + Send + Unpin>, outbox: Outbox) {
         }
     }
     sent.increment(uncounted);
+}
+
+/// Appends `out` as WebSocket frames.
+fn encode(buf: &mut Vec<u8>, out: Out) {
+    match out {
+        Out::Data { bytes, .. } | Out::Control(bytes) => {
+            ws_frame::encode(buf, ws_frame::TEXT, &bytes)
+        }
+        Out::Ping => ws_frame::encode(buf, ws_frame::PING, &[]),
+        Out::Pong(payload) => ws_frame::encode(buf, ws_frame::PONG, &payload),
+        Out::Close {
+            code,
+            reason,
+            error,
+        } => {
+            if let Some(e) = error {
+                ws_frame::encode(buf, ws_frame::TEXT, &e);
+            }
+            ws_frame::encode_close(buf, code, reason);
+        }
+    }
 }

@@ -16,11 +16,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
-use tokio::sync::Notify;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::topic::TopicShared;
 
@@ -83,22 +83,47 @@ struct State {
     /// Values already checked against `last_sent`, to go out before the queue.
     ready: VecDeque<(u64, Bytes)>,
     subs: HashMap<SubId, SubState>,
+    /// Some subscription may be dirty: without this the writer would scan
+    /// every subscription each time it finds the queue empty.
+    maybe_dirty: bool,
     paused: bool,
     /// Since when the oldest queued item has waited without the writer taking
     /// anything: the writer is blocked on a client that does not read.
     waiting_since: Option<Instant>,
     close: Option<Out>,
     finished: bool,
+    /// The writer, waiting for something to send. Kept under the same lock
+    /// as the queue (rather than a separate `Notify`) so a push and its
+    /// wake-up take one lock, not three.
+    waker: Option<Waker>,
+}
+
+/// What one [`Outbox::fill`] handed to the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Filled {
+    /// Data messages among them (for the sent counter).
+    pub data: u64,
+    /// The last was the close: nothing follows.
+    pub last: bool,
 }
 
 struct Shared {
     id: u64,
     capacity: usize,
     state: Mutex<State>,
-    notify: Notify,
 }
 
-/// One connection's queue; clones share it. One task consumes it ([`Outbox::next`]).
+/// Releases the lock, then wakes the writer if it waits.
+fn wake(mut st: MutexGuard<'_, State>) {
+    let waker = st.waker.take();
+    drop(st);
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+/// One connection's queue; clones share it. One task consumes it
+/// ([`Outbox::fill`] or [`Outbox::next`]).
 #[derive(Clone)]
 pub struct Outbox {
     inner: Arc<Shared>,
@@ -113,7 +138,6 @@ impl Outbox {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 capacity: capacity.max(1),
                 state: Mutex::new(State::default()),
-                notify: Notify::new(),
             }),
         }
     }
@@ -151,13 +175,9 @@ impl Outbox {
         let Some(s) = st.subs.get_mut(&sub) else {
             return;
         };
-        if st.paused || s.paused {
+        if st.paused || s.paused || st.data_len >= self.inner.capacity {
             s.dirty = true;
-            crate::metrics::conflated();
-            return;
-        }
-        if st.data_len >= self.inner.capacity {
-            s.dirty = true;
+            st.maybe_dirty = true;
             crate::metrics::conflated();
             return;
         }
@@ -173,8 +193,7 @@ impl Outbox {
             snapshot,
         });
         st.data_len += 1;
-        drop(guard);
-        self.inner.notify.notify_one();
+        wake(guard);
     }
 
     /// Queues a reply. False when the client has left too many unread, in
@@ -189,8 +208,7 @@ impl Outbox {
         }
         st.waiting_since.get_or_insert_with(Instant::now);
         st.queue.push_back(Item::Control(bytes));
-        drop(st);
-        self.inner.notify.notify_one();
+        wake(st);
         true
     }
 
@@ -203,8 +221,7 @@ impl Outbox {
         }
         st.waiting_since.get_or_insert_with(Instant::now);
         st.queue.push_back(Item::Pong(payload));
-        drop(st);
-        self.inner.notify.notify_one();
+        wake(st);
     }
 
     /// Queues a ping unless one is already waiting.
@@ -216,8 +233,7 @@ impl Outbox {
         st.ping_queued = true;
         st.waiting_since.get_or_insert_with(Instant::now);
         st.queue.push_back(Item::Ping);
-        drop(st);
-        self.inner.notify.notify_one();
+        wake(st);
     }
 
     /// Asks the writer to close; queued messages are dropped. The first request wins.
@@ -230,8 +246,7 @@ impl Outbox {
                 error,
             });
         }
-        drop(st);
-        self.inner.notify.notify_one();
+        wake(st);
     }
 
     pub fn is_closing(&self) -> bool {
@@ -247,14 +262,15 @@ impl Outbox {
 
     /// Resumes; the latest value goes out if newer than the last one sent.
     pub fn resume(&self, sub: Option<SubId>) -> bool {
-        let ok = self.set_paused(sub, false);
-        self.inner.notify.notify_one();
-        ok
+        self.set_paused(sub, false)
     }
 
     fn set_paused(&self, sub: Option<SubId>, paused: bool) -> bool {
         let mut st = self.inner.state.lock();
-        match sub {
+        if !paused {
+            st.maybe_dirty = true;
+        }
+        let found = match sub {
             None => {
                 st.paused = paused;
                 if !paused {
@@ -274,7 +290,13 @@ impl Outbox {
                 }
                 None => false,
             },
+        };
+        if paused {
+            drop(st);
+        } else {
+            wake(st);
         }
+        found
     }
 
     /// How long queued messages have waited without the writer taking any:
@@ -290,93 +312,85 @@ impl Outbox {
         self.inner.state.lock().data_len
     }
 
+    /// Waits for something to send, then passes up to `max` messages to
+    /// `f`, in order, all taken under one lock. `None` once a close was
+    /// handed out.
+    pub async fn fill(&self, max: usize, mut f: impl FnMut(Out)) -> Option<Filled> {
+        std::future::poll_fn(|cx| self.poll_fill(Some(cx.waker()), max, &mut f)).await
+    }
+
     /// The next thing to send; waits for one. `None` once a close was handed out.
     pub async fn next(&self) -> Option<Out> {
-        loop {
-            let notified = self.inner.notify.notified();
-            if let Some(out) = self.try_next() {
-                return Some(out);
-            }
-            if self.inner.state.lock().finished {
-                return None;
-            }
-            notified.await;
-        }
+        let mut got = None;
+        self.fill(1, |out| got = Some(out)).await?;
+        got
     }
 
     /// The next thing to send if there is one now.
     pub fn try_next(&self) -> Option<Out> {
-        let dirty = {
-            let mut guard = self.inner.state.lock();
-            let st = &mut *guard;
-            if st.finished {
-                return None;
-            }
-            if let Some(close) = st.close.take() {
-                st.finished = true;
-                st.queue.clear();
-                st.waiting_since = None;
-                st.ready.clear();
-                st.data_len = 0;
-                return Some(close);
-            }
-            if let Some((seq, bytes)) = st.ready.pop_front() {
-                return Some(Out::Data { seq, bytes });
-            }
-            while let Some(item) = st.queue.pop_front() {
-                // The writer is taking: the clock restarts for what remains.
-                st.waiting_since = (!st.queue.is_empty()).then(Instant::now);
-                match item {
-                    Item::Control(b) => return Some(Out::Control(b)),
-                    Item::Pong(p) => return Some(Out::Pong(p)),
-                    Item::Ping => {
-                        st.ping_queued = false;
-                        return Some(Out::Ping);
-                    }
-                    Item::Data {
-                        sub,
-                        seq,
-                        bytes,
-                        snapshot,
-                    } => {
-                        st.data_len -= 1;
-                        let Some(s) = st.subs.get_mut(&sub) else {
-                            continue;
-                        };
-                        if st.paused || s.paused {
-                            s.dirty = true;
-                            continue;
-                        }
-                        match s.last_sent {
-                            // The first message of a subscription must be a
-                            // snapshot; the dirty path will fetch one.
-                            None if !snapshot => {
-                                s.dirty = true;
-                                continue;
-                            }
-                            Some(last) if seq <= last => continue,
-                            _ => {}
-                        }
-                        s.last_sent = Some(seq);
-                        return Some(Out::Data { seq, bytes });
-                    }
-                }
-            }
-            if st.paused {
-                return None;
-            }
-            let mut dirty = Vec::new();
-            for (id, s) in st.subs.iter_mut() {
-                if s.dirty && !s.paused {
-                    s.dirty = false;
-                    dirty.push((*id, s.topic.clone(), s.last_sent));
-                }
-            }
-            dirty
-        };
-        if dirty.is_empty() {
-            return None;
+        let mut got = None;
+        match self.poll_fill(None, 1, &mut |out| got = Some(out)) {
+            Poll::Ready(Some(_)) => got,
+            _ => None,
         }
+    }
+
+    /// Takes what is ready; with nothing ready, leaves `waker` to be woken
+    /// by the next push and returns `Pending`.
+    fn poll_fill(
+        &self,
+        waker: Option<&Waker>,
+        max: usize,
+        f: &mut dyn FnMut(Out),
+    ) -> Poll<Option<Filled>> {
+        loop {
+            let dirty = {
+                let mut guard = self.inner.state.lock();
+                let st = &mut *guard;
+                if st.finished {
+                    return Poll::Ready(None);
+                }
+                let mut filled = Filled {
+                    data: 0,
+                    last: false,
+                };
+                let mut taken = 0;
+                while taken < max.max(1) {
+                    let Some(out) = pop(st) else { break };
+                    taken += 1;
+                    match &out {
+                        Out::Data { .. } => filled.data += 1,
+                        Out::Close { .. } => filled.last = true,
+                        _ => {}
+                    }
+                    f(out);
+                    if filled.last {
+                        break;
+                    }
+                }
+                if taken > 0 {
+                    // The writer is taking: the clock restarts for what remains.
+                    st.waiting_since = (!st.queue.is_empty()).then(Instant::now);
+                    return Poll::Ready(Some(filled));
+                }
+                let dirty = take_dirty(st);
+                if dirty.is_empty() {
+                    if let Some(w) = waker {
+                        if !st.waker.as_ref().is_some_and(|old| old.will_wake(w)) {
+                            st.waker = Some(w.clone());
+                        }
+                    }
+                    return Poll::Pending;
+                }
+                dirty
+            };
+            self.fetch_latest(dirty);
+        }
+    }
+
+    /// Reads the latest value of each dirty subscription's topic and readies
+    /// those newer than what was sent.
+    fn fetch_latest(&self, dirty: Vec<(SubId, Weak<TopicShared>, Option<u64>)>) {
         // Read the topics without holding our lock: the hub locks topic then
         // outbox, so the reverse order here could deadlock.
         let mut found = Vec::new();
@@ -401,6 +415,7 @@ impl Outbox {
             };
             if paused || s.paused {
                 s.dirty = true;
+                st.maybe_dirty = true;
                 continue;
             }
             // Re-checked: the writer is the only one moving last_sent, but a
@@ -410,13 +425,82 @@ impl Outbox {
                 st.ready.push_back((seq, bytes));
             }
         }
-        let out = st
-            .ready
-            .pop_front()
-            .map(|(seq, bytes)| Out::Data { seq, bytes });
-        drop(guard);
-        out
     }
+}
+
+/// The next message from the close, the readied values or the queue.
+fn pop(st: &mut State) -> Option<Out> {
+    if let Some(close) = st.close.take() {
+        st.finished = true;
+        st.queue.clear();
+        st.waiting_since = None;
+        st.ready.clear();
+        st.data_len = 0;
+        st.waker = None;
+        return Some(close);
+    }
+    if let Some((seq, bytes)) = st.ready.pop_front() {
+        return Some(Out::Data { seq, bytes });
+    }
+    while let Some(item) = st.queue.pop_front() {
+        match item {
+            Item::Control(b) => return Some(Out::Control(b)),
+            Item::Pong(p) => return Some(Out::Pong(p)),
+            Item::Ping => {
+                st.ping_queued = false;
+                return Some(Out::Ping);
+            }
+            Item::Data {
+                sub,
+                seq,
+                bytes,
+                snapshot,
+            } => {
+                st.data_len -= 1;
+                let Some(s) = st.subs.get_mut(&sub) else {
+                    continue;
+                };
+                if st.paused || s.paused {
+                    s.dirty = true;
+                    st.maybe_dirty = true;
+                    continue;
+                }
+                match s.last_sent {
+                    // The first message of a subscription must be a
+                    // snapshot; the dirty path will fetch one.
+                    None if !snapshot => {
+                        s.dirty = true;
+                        st.maybe_dirty = true;
+                        continue;
+                    }
+                    Some(last) if seq <= last => continue,
+                    _ => {}
+                }
+                s.last_sent = Some(seq);
+                return Some(Out::Data { seq, bytes });
+            }
+        }
+    }
+    None
+}
+
+/// Dirty, unpaused subscriptions (their marks cleared), to look up.
+fn take_dirty(st: &mut State) -> Vec<(SubId, Weak<TopicShared>, Option<u64>)> {
+    let mut dirty = Vec::new();
+    if st.paused || !st.maybe_dirty {
+        return dirty;
+    }
+    let mut left = false;
+    for (id, s) in st.subs.iter_mut() {
+        if s.dirty && !s.paused {
+            s.dirty = false;
+            dirty.push((*id, s.topic.clone(), s.last_sent));
+        } else if s.dirty {
+            left = true;
+        }
+    }
+    st.maybe_dirty = left;
+    dirty
 }
 
 #[cfg(test)]
@@ -520,6 +604,75 @@ mod tests {
         // A stale republish never goes out.
         o.push_data(1, 7, update(7).1, false);
         assert!(seqs(&o).is_empty());
+    }
+
+    fn data_seqs(outs: &[Out]) -> Vec<u64> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Out::Data { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn fill_takes_a_batch_in_order_up_to_max() {
+        let t = topic();
+        let o = Outbox::new(16);
+        t.attach(&o, 1, Start::Snapshot);
+        t.apply((1..=5).map(update).collect());
+        o.push_ping();
+        let mut got = Vec::new();
+        let filled = o.fill(4, |out| got.push(out)).await.expect("not finished");
+        assert_eq!((filled.data, filled.last), (4, false));
+        assert_eq!(data_seqs(&got), vec![0, 1, 2, 3]);
+        got.clear();
+        let filled = o.fill(64, |out| got.push(out)).await.expect("more");
+        assert_eq!((filled.data, filled.last), (2, false));
+        assert!(matches!(
+            got.as_slice(),
+            [
+                Out::Data { seq: 4, .. },
+                Out::Data { seq: 5, .. },
+                Out::Ping
+            ]
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_wakes_for_a_push_a_resume_and_a_close() {
+        let t = topic();
+        let o = Outbox::new(16);
+        t.attach(&o, 1, Start::Snapshot);
+        assert_eq!(seqs(&o), vec![0]);
+        let writer = {
+            let o = o.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while let Some(out) = o.next().await {
+                    got.push(out);
+                }
+                got
+            })
+        };
+        // One runtime thread: each pause lets the writer run if it was woken.
+        let pause = || tokio::time::sleep(Duration::from_millis(20));
+        pause().await;
+        t.apply(vec![update(1)]);
+        pause().await;
+        o.pause(None);
+        t.apply(vec![update(2)]);
+        pause().await;
+        assert_eq!(o.queued(), 0, "paused: marked, not queued");
+        o.resume(None);
+        pause().await;
+        o.close(1000, "", None);
+        let got = tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .expect("the writer was woken each time")
+            .expect("writer task");
+        assert_eq!(data_seqs(&got), vec![1, 2]);
+        assert!(matches!(got.last(), Some(Out::Close { code: 1000, .. })));
     }
 
     #[tokio::test]

@@ -168,6 +168,12 @@ async fn polling_returns_missed_updates_and_long_polls() {
     );
 
     publish_range(&gw.bus, &t, 1..=12).await;
+    // Delivery to the gateway is asynchronous: a poll racing it would find
+    // the gateway behind the client (since=5 > 0) and get nothing yet.
+    eventually("the gateway has update 12", || async {
+        gw.get(base).await.1["messages"][0]["seq"] == 12
+    })
+    .await;
     let (_, r) = gw.get(&format!("{base}?since=5")).await;
     let seqs: Vec<u64> = r["messages"]
         .as_array()
