@@ -112,8 +112,13 @@ pub(crate) async fn drive<H: Inbound>(
         decoder: Decoder::new(timing.max_message),
     };
     drop(buffered);
-    let mut ping =
-        tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
+    // Connections opened together (a deploy, a reconnect storm) would ping
+    // together forever, a burst of writes and pongs every interval: the
+    // first ping comes somewhere in the second half of the interval.
+    let first_ping = timing
+        .ping_interval
+        .mul_f64(0.5 + 0.5 * spread(outbox.id()));
+    let mut ping = tokio::time::interval_at(Instant::now() + first_ping, timing.ping_interval);
     // A quarter of the shorter timeout: a close comes at most 25% late. Not
     // capped at a second: with the defaults (30 s, 60 s) that woke every
     // connection once a second, 60,000 wake-ups/s on four gateways.
@@ -200,6 +205,14 @@ pub(crate) async fn drive<H: Inbound>(
         End::Gone => outbox.close(close_codes::GOING_AWAY, "", None),
     }
     writer.abort();
+}
+
+/// A fraction in [0, 1) for a connection number; consecutive numbers land
+/// far apart (multiplication by the golden ratio), so connections opened one
+/// after another are spread evenly without a random number generator.
+fn spread(n: u64) -> f64 {
+    let mixed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 11) as f64 / (1u64 << 53) as f64
 }
 
 enum ReadError {
@@ -290,5 +303,25 @@ fn encode(buf: &mut Vec<u8>, out: Out) {
             }
             ws_frame::encode_close(buf, code, reason);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+
+    #[test]
+    fn consecutive_connections_spread_over_the_whole_range() {
+        let mut buckets = [0u32; 10];
+        for n in 1..=1000 {
+            let f = spread(n);
+            assert!((0.0..1.0).contains(&f));
+            buckets[(f * 10.0) as usize] += 1;
+        }
+        // 1,000 consecutive ids: every tenth of the range gets close to 100.
+        assert!(
+            buckets.iter().all(|b| (90..=110).contains(b)),
+            "{buckets:?}"
+        );
     }
 }

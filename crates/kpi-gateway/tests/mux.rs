@@ -309,6 +309,46 @@ async fn connection_limit_is_503_before_the_upgrade() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_opened_together_are_not_pinged_together() {
+    let gw = start(kpi_gateway::GatewaySettings {
+        ping_interval: Duration::from_secs(1),
+        ..settings()
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        let ws = gw.ws("/ws").await;
+        clients.push((tokio::time::Instant::now(), ws));
+    }
+    // Each client's first ping, counted from when that client connected.
+    let firsts = futures::future::join_all(clients.iter_mut().map(|(opened, ws)| async move {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(ws)).await {
+                Ok(Some(Ok(Message::Ping(_)))) => return opened.elapsed(),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no ping within 5 s: {other:?}"),
+            }
+        }
+    }))
+    .await;
+    let (earliest, latest) = (
+        firsts.iter().min().copied().unwrap_or_default(),
+        firsts.iter().max().copied().unwrap_or_default(),
+    );
+    // First pings fall in the second half of the interval, spread out.
+    assert!(
+        latest - earliest >= Duration::from_millis(250),
+        "first pings within {:?} of each other",
+        latest - earliest
+    );
+    assert!(
+        latest <= Duration::from_millis(2500),
+        "a first ping came late: {latest:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_pings_and_reaps_silent_peers() {
     let gw = start(kpi_gateway::GatewaySettings {
         ping_interval: Duration::from_millis(100),
