@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the numbers in benches/README.md on this machine. Takes about
-# 15 minutes; not part of CI. Every run is bounded and stops by itself.
+# 22 minutes; not part of CI. Every run is bounded and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/usr/local/sbin"
@@ -23,6 +23,16 @@ $LG compare --name c-idle-15k-conns --connections 15000 --kpis 100 --rate 0 \
 # processes of 15,000), updates flowing.
 $LG kpistream --gateways 4 --connections 60000 --kpis 100 --rate 1 \
     --duration 20 --warmup 3 --out "$OUT/d-60k-conns-4-gateways" > /dev/null
+
+# Where latency turns: B's load per connection (100 KPIs, 10/s each) at a
+# quarter, half, three quarters and all of its 10,000 connections, kpistream
+# and plain one after the other.
+for n in 2500 5000 7500 10000; do
+    for t in kpistream plain; do
+        $LG $t --connections $n --kpis 100 --rate 10 --duration 20 --warmup 3 \
+            --out "$OUT/e-latency-sweep/$t-$n" > /dev/null
+    done
+done
 
 # Micro-benchmarks of the hot paths.
 cargo bench -p kpi-aggregator --bench apply
