@@ -55,7 +55,14 @@ impl Worker {
         bus: Bus,
         settings: AggregatorSettings,
     ) -> Result<Worker, BusError> {
-        let state = match bus.load_checkpoint(partition).await? {
+        let loaded = match bus.load_checkpoint(partition).await {
+            Err(BusError::Damaged(why)) => {
+                tracing::error!(partition, error = %why, "checkpoint damaged; replaying the whole log");
+                None
+            }
+            other => other?,
+        };
+        let state = match loaded {
             Some(raw) => match PartitionState::from_json(&raw) {
                 Ok(s) => s,
                 Err(e) => {

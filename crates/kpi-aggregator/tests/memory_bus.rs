@@ -1,12 +1,14 @@
 //! The aggregator over the in-process bus: exact stats, coalescing, and restarts that neither lose nor repeat.
 
+mod common;
+use common::start;
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kpi_aggregator::{run, AggregatorSettings};
+use kpi_aggregator::AggregatorSettings;
 use kpi_bus::{Bus, BusConfig, Live};
 use kpi_core::{EventRecord, KpiCode, Period, Topic, UpdateMessage};
-use kpi_service::Shutdown;
 
 fn event(id: usize, kpi: &KpiCode, value: f64, time: DateTime<Utc>) -> EventRecord {
     EventRecord {
@@ -25,19 +27,6 @@ fn settings() -> AggregatorSettings {
         checkpoint_interval: Duration::from_millis(50),
         ..Default::default()
     }
-}
-
-async fn start(bus: &Bus) -> (Shutdown, tokio::task::JoinHandle<()>) {
-    let sd = Shutdown::new();
-    let h = tokio::spawn({
-        let (bus, sd) = (bus.clone(), sd.clone());
-        async move {
-            run(None, bus, settings(), sd)
-                .await
-                .expect("aggregator runs")
-        }
-    });
-    (sd, h)
 }
 
 /// Waits until the topic's latest update has `count` events in `bucket`.
@@ -73,7 +62,7 @@ async fn stats_are_exact_and_survive_restarts_without_double_counting() {
     let bucket = Period::Hour.bucket_start(now);
     let hour = Topic::new(kpi.clone(), Period::Hour);
 
-    let (sd, h) = start(&bus).await;
+    let (sd, h) = start(&bus, settings()).await;
     let mut first = Some((sd, h));
     let mut sum = 0.0;
     for i in 0..300 {
@@ -90,7 +79,7 @@ async fn stats_are_exact_and_survive_restarts_without_double_counting() {
             }
         }
     }
-    let (sd, h) = start(&bus).await;
+    let (sd, h) = start(&bus, settings()).await;
     let m = wait_count(&bus, &hour, bucket, 300).await;
     assert_eq!(m.stats.sum, sum);
     assert_eq!(m.stats.min, Some(0.0));
@@ -100,7 +89,7 @@ async fn stats_are_exact_and_survive_restarts_without_double_counting() {
 
     // A third run with nothing new republishes nothing older.
     let last_seq = m.seq;
-    let (sd, h) = start(&bus).await;
+    let (sd, h) = start(&bus, settings()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let again =
         UpdateMessage::from_json(&bus.last_update(&hour).await.expect("bus").expect("update"))
@@ -117,7 +106,7 @@ async fn a_burst_is_coalesced_and_seq_grows_by_one() {
     let kpi = KpiCode::parse("orders").expect("code");
     let topic = Topic::new(kpi.clone(), Period::Day);
     let mut sub = bus.subscribe_updates(&topic).await.expect("subscribe");
-    let (sd, h) = start(&bus).await;
+    let (sd, h) = start(&bus, settings()).await;
     let now = Utc::now();
     for i in 0..2000 {
         bus.append_event(&event(i, &kpi, 1.0, now))

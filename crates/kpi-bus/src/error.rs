@@ -9,6 +9,10 @@ pub enum BusError {
     Setup(String),
     #[error("bus is closed")]
     Closed,
+    /// Stored data cannot be read back whole (a checkpoint part is missing);
+    /// retrying will not help.
+    #[error("stored data is damaged: {0}")]
+    Damaged(String),
 }
 
 impl BusError {

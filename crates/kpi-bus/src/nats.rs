@@ -37,6 +37,10 @@ const FEED_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// `publish_all` sends at most this many messages before awaiting their
 /// acknowledgements; bounds what a failure leaves unconfirmed.
 const PUBLISH_WINDOW: usize = 256;
+/// Marks a checkpoint message that is a manifest of parts, not the checkpoint.
+const CHECKPOINT_PARTS_HEADER: &str = "Kpi-Checkpoint-Parts";
+/// Room left in each checkpoint part for headers and the protocol line.
+const CHECKPOINT_HEADROOM: usize = 16 * 1024;
 /// `known_kpis` reads at most this many update subjects (three per code).
 const MAX_SUBJECTS_LISTED: usize = 300_000;
 
@@ -261,24 +265,146 @@ impl NatsBus {
         Ok(())
     }
 
+    /// A checkpoint that fits one message is stored as it is. A larger one is
+    /// stored as parts on subjects of their own, then a manifest listing
+    /// them replaces the checkpoint; only then are older parts purged. A
+    /// crash before the manifest is stored leaves the previous checkpoint
+    /// whole and in force.
     pub(crate) async fn save_checkpoint(
         &self,
         partition: u32,
         payload: Bytes,
     ) -> Result<(), BusError> {
-        self.js
-            .publish(checkpoint_subject(partition), payload)
-            .await
-            .map_err(BusError::unavailable)?
-            .await
-            .map_err(BusError::unavailable)?;
+        let limit = self.checkpoint_part_limit();
+        let subject = checkpoint_subject(partition);
+        if payload.len() <= limit {
+            self.store(subject, None, payload).await?;
+            self.purge_parts_before(partition, u64::MAX).await;
+            return Ok(());
+        }
+        // Unique per save, so a half-written set never mixes with another.
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let mut parts = Vec::new();
+        for (i, chunk) in payload.chunks(limit).enumerate() {
+            let part_subject = format!("{}.{generation}.{i}", parts_prefix(partition));
+            parts.push(
+                self.store(part_subject, None, payload.slice_ref(chunk))
+                    .await?,
+            );
+        }
+        let first = parts.first().copied().unwrap_or(u64::MAX);
+        let manifest = Manifest {
+            parts,
+            len: payload.len(),
+        };
+        let body = serde_json::to_vec(&manifest)
+            .map_err(|e| BusError::Unavailable(format!("encoding a checkpoint manifest: {e}")))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            CHECKPOINT_PARTS_HEADER,
+            manifest.parts.len().to_string().as_str(),
+        );
+        self.store(subject, Some(headers), Bytes::from(body))
+            .await?;
+        self.purge_parts_before(partition, first).await;
         Ok(())
     }
 
     pub(crate) async fn load_checkpoint(&self, partition: u32) -> Result<Option<Bytes>, BusError> {
-        last_of(&self.checkpoints, &checkpoint_subject(partition))
+        let m = match self
+            .checkpoints
+            .get_last_raw_message_by_subject(&checkpoint_subject(partition))
             .await
-            .map(|m| m.map(|(_, p)| p))
+        {
+            Ok(m) => m,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(BusError::unavailable(e)),
+        };
+        if m.headers.get(CHECKPOINT_PARTS_HEADER).is_none() {
+            return Ok(Some(m.payload));
+        }
+        let manifest: Manifest = serde_json::from_slice(&m.payload).map_err(|e| {
+            BusError::Damaged(format!("checkpoint manifest of partition {partition}: {e}"))
+        })?;
+        let prefix = parts_prefix(partition);
+        let mut whole = bytes::BytesMut::with_capacity(manifest.len);
+        for seq in manifest.parts {
+            let part = match self.checkpoints.get_raw_message(seq).await {
+                Ok(p) => p,
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+                    return Err(BusError::Damaged(format!(
+                        "part {seq} of partition {partition}'s checkpoint is gone"
+                    )))
+                }
+                Err(e) => return Err(BusError::unavailable(e)),
+            };
+            if !part.subject.as_str().starts_with(&prefix) {
+                return Err(BusError::Damaged(format!(
+                    "message {seq} is not a part of partition {partition}'s checkpoint"
+                )));
+            }
+            whole.extend_from_slice(&part.payload);
+        }
+        if whole.len() != manifest.len {
+            return Err(BusError::Damaged(format!(
+                "partition {partition}'s checkpoint parts hold {} bytes, the manifest says {}",
+                whole.len(),
+                manifest.len
+            )));
+        }
+        Ok(Some(whole.freeze()))
+    }
+
+    /// The largest checkpoint part: what the server accepts, less room for
+    /// headers and the protocol line.
+    fn checkpoint_part_limit(&self) -> usize {
+        self.client
+            .server_info()
+            .max_payload
+            .saturating_sub(CHECKPOINT_HEADROOM)
+            .max(1024)
+    }
+
+    /// Publishes to the checkpoint stream and waits for the ack: the stream sequence.
+    async fn store(
+        &self,
+        subject: String,
+        headers: Option<async_nats::HeaderMap>,
+        payload: Bytes,
+    ) -> Result<u64, BusError> {
+        let ack = match headers {
+            Some(h) => self.js.publish_with_headers(subject, h, payload).await,
+            None => self.js.publish(subject, payload).await,
+        }
+        .map_err(BusError::unavailable)?
+        .await
+        .map_err(BusError::unavailable)?;
+        Ok(ack.sequence)
+    }
+
+    /// Removes a partition's checkpoint parts stored before `seq`: those of
+    /// replaced checkpoints and of saves that never finished. Failing only
+    /// leaves garbage for the next save to remove, so it is not an error.
+    async fn purge_parts_before(&self, partition: u32, seq: u64) {
+        // Nothing is stored before sequence 1; and nats-server reads a purge
+        // "before 1" as a purge of everything the filter matches.
+        if seq <= 1 {
+            return;
+        }
+        let filter = format!("{}.>", parts_prefix(partition));
+        let purged = if seq == u64::MAX {
+            self.checkpoints.purge().filter(filter).await
+        } else {
+            self.checkpoints.purge().filter(filter).sequence(seq).await
+        };
+        if let Err(e) = purged {
+            tracing::debug!(partition, error = %e, "old checkpoint parts not purged yet");
+        }
     }
 
     pub(crate) async fn subscribe_updates(
@@ -369,6 +495,21 @@ impl NatsBus {
             inner: SubInner::Nats(NatsSubscription { sub }),
         })
     }
+}
+
+/// Where a checkpoint stored in parts finds them, in order.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    /// Stream sequences of the parts.
+    parts: Vec<u64>,
+    /// Total bytes, checked after joining.
+    len: usize,
+}
+
+/// Subjects of a partition's checkpoint parts start with this; the wildcard
+/// of the checkpoint stream covers them.
+fn parts_prefix(partition: u32) -> String {
+    format!("{}.parts", checkpoint_subject(partition))
 }
 
 /// Gets a stream, creating it when missing. An existing stream is kept as it

@@ -442,6 +442,50 @@ async fn checkpoints_are_saved_loaded_and_replaced(fx: Fixture) {
     assert_eq!(bus.load_checkpoint(2).await.expect("load"), None);
 }
 
+/// `len` bytes that do not repeat in any short cycle, varied by `salt`.
+fn noise(len: usize, salt: u8) -> Bytes {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 ^ salt)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Over nats-server's default `max_payload` (1 MiB) more than twice.
+const LARGE_CHECKPOINT: usize = 2_621_440;
+
+async fn checkpoints_larger_than_one_message_round_trip(fx: Fixture) {
+    let bus = &fx.bus;
+    let same = |got: Option<Bytes>, want: &Bytes| {
+        let got = got.expect("a checkpoint");
+        assert!(
+            got == *want,
+            "got {} bytes, not the {} saved",
+            got.len(),
+            want.len()
+        );
+    };
+    let a = noise(LARGE_CHECKPOINT, 1);
+    bus.save_checkpoint(0, a.clone()).await.expect("save large");
+    bus.save_checkpoint(1, Bytes::from_static(b"p1"))
+        .await
+        .expect("save");
+    same(bus.load_checkpoint(0).await.expect("load"), &a);
+    let b = noise(LARGE_CHECKPOINT + 7, 2);
+    bus.save_checkpoint(0, b.clone())
+        .await
+        .expect("replace large");
+    same(bus.load_checkpoint(0).await.expect("load"), &b);
+    let small = Bytes::from_static(b"p0-small");
+    bus.save_checkpoint(0, small.clone())
+        .await
+        .expect("replace with small");
+    same(bus.load_checkpoint(0).await.expect("load"), &small);
+    same(
+        bus.load_checkpoint(1).await.expect("load"),
+        &Bytes::from_static(b"p1"),
+    );
+}
+
 async fn dropping_a_subscription_removes_interest(fx: Fixture) {
     let bus = &fx.bus;
     let t = topic("conversions", Period::Hour);
@@ -649,7 +693,66 @@ conformance!(
     updates_kept_per_topic_are_bounded,
     history_is_bounded_and_newest_last,
     checkpoints_are_saved_loaded_and_replaced,
+    checkpoints_larger_than_one_message_round_trip,
     dropping_a_subscription_removes_interest,
     broadcast_reaches_every_broadcast_subscriber,
     known_kpis_lists_codes_with_stored_updates_sorted_and_bounded,
 );
+
+/// Messages in the checkpoint stream: manifests, whole checkpoints and parts.
+async fn checkpoint_messages(server: &NatsServer) -> u64 {
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream(kpi_bus::nats::CHECKPOINT_STREAM)
+        .await
+        .expect("checkpoint stream");
+    stream.info().await.expect("stream info").state.messages
+}
+
+#[tokio::test]
+async fn nats_large_checkpoints_survive_an_interrupted_save_and_leave_no_parts_behind() {
+    let fx = Fixture::nats().await;
+    let server = fx.server.as_ref().expect("a NATS fixture");
+    let a = noise(LARGE_CHECKPOINT, 3);
+    fx.bus.save_checkpoint(0, a.clone()).await.expect("save");
+    // Three parts of up to ~1 MiB, and the manifest.
+    assert_eq!(checkpoint_messages(server).await, 4);
+
+    // A save that died after writing a part but before its manifest.
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    js.publish("kpi.checkpoint.0.parts.1.0", Bytes::from_static(b"{\"half"))
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let loaded = fx.bus.load_checkpoint(0).await.expect("load");
+    assert!(loaded == Some(a), "the previous checkpoint is still whole");
+
+    // The next save removes the stray part and the replaced ones.
+    let b = noise(LARGE_CHECKPOINT, 4);
+    fx.bus.save_checkpoint(0, b.clone()).await.expect("save");
+    assert_eq!(checkpoint_messages(server).await, 4);
+    fx.bus
+        .save_checkpoint(0, Bytes::from_static(b"small"))
+        .await
+        .expect("save");
+    assert_eq!(checkpoint_messages(server).await, 1);
+
+    // Parts lost from under a manifest: reported as damage, not as "no checkpoint".
+    fx.bus.save_checkpoint(0, b).await.expect("save");
+    js.get_stream(kpi_bus::nats::CHECKPOINT_STREAM)
+        .await
+        .expect("stream")
+        .purge()
+        .filter("kpi.checkpoint.0.parts.>")
+        .await
+        .expect("purge");
+    match fx.bus.load_checkpoint(0).await {
+        Err(kpi_bus::BusError::Damaged(why)) => assert!(why.contains("gone"), "{why}"),
+        other => panic!(
+            "expected damage, got {:?}",
+            other.map(|o| o.map(|b| b.len()))
+        ),
+    }
+}
