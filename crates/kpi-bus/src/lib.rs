@@ -172,6 +172,25 @@ impl Bus {
         }
     }
 
+    /// Replaces the stored value `name` (a small, named piece of shared
+    /// state such as maintenance mode, read by services when they start).
+    pub async fn save_state(&self, name: &str, payload: Bytes) -> Result<(), BusError> {
+        check_state_name(name)?;
+        match self {
+            Bus::Memory(b) => b.save_state(name, payload).await,
+            Bus::Nats(b) => b.save_state(name, payload).await,
+        }
+    }
+
+    /// The stored value `name`, if one was ever saved.
+    pub async fn load_state(&self, name: &str) -> Result<Option<Bytes>, BusError> {
+        check_state_name(name)?;
+        match self {
+            Bus::Memory(b) => b.load_state(name).await,
+            Bus::Nats(b) => b.load_state(name).await,
+        }
+    }
+
     /// Subscribes to a topic's live updates; dropping the subscription unsubscribes.
     pub async fn subscribe_updates(&self, topic: &Topic) -> Result<UpdateSubscription, BusError> {
         match self {
@@ -271,5 +290,21 @@ impl UpdateSubscription {
             SubInner::Memory(s) => s.next().await,
             SubInner::Nats(s) => s.next().await,
         }
+    }
+}
+
+/// A state name is one subject token: lowercase letters, digits and `_`.
+fn check_state_name(name: &str) -> Result<(), BusError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(BusError::Setup(format!(
+            "{name:?} is not a valid state name"
+        )))
     }
 }

@@ -44,6 +44,7 @@ struct State {
     history_ids: HashMap<String, Instant>,
     live: HashMap<String, broadcast::Sender<Bytes>>,
     checkpoints: HashMap<u32, Bytes>,
+    named: HashMap<String, Bytes>,
 }
 
 impl MemoryBus {
@@ -188,6 +189,19 @@ impl MemoryBus {
             keep,
         );
         Ok(())
+    }
+
+    pub(crate) async fn save_state(&self, name: &str, payload: Bytes) -> Result<(), BusError> {
+        self.inner
+            .state
+            .lock()
+            .named
+            .insert(name.to_string(), payload);
+        Ok(())
+    }
+
+    pub(crate) async fn load_state(&self, name: &str) -> Result<Option<Bytes>, BusError> {
+        Ok(self.inner.state.lock().named.get(name).cloned())
     }
 
     pub(crate) async fn save_checkpoint(

@@ -11,8 +11,8 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures::StreamExt;
 use kpi_core::subject::{
-    checkpoint_subject, event_subject, partition_filter, BROADCAST_SUBJECT, CHECKPOINT_WILDCARD,
-    EVENTS_WILDCARD, HISTORY_WILDCARD, UPDATES_WILDCARD,
+    checkpoint_subject, event_subject, partition_filter, state_subject, BROADCAST_SUBJECT,
+    CHECKPOINT_WILDCARD, EVENTS_WILDCARD, HISTORY_WILDCARD, STATE_WILDCARD, UPDATES_WILDCARD,
 };
 use kpi_core::{partition_of, EventRecord, KpiCode, Topic};
 
@@ -25,6 +25,7 @@ pub const EVENTS_STREAM: &str = "KPI_EVENTS";
 pub const UPDATES_STREAM: &str = "KPI_UPDATES";
 pub const HISTORY_STREAM: &str = "KPI_HISTORY";
 pub const CHECKPOINT_STREAM: &str = "KPI_CHECKPOINTS";
+pub const STATE_STREAM: &str = "KPI_STATE";
 
 /// Reading back a topic's stored messages never takes longer than this.
 const READBACK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -55,6 +56,7 @@ pub struct NatsBus {
     updates: stream::Stream,
     history: stream::Stream,
     checkpoints: stream::Stream,
+    named: stream::Stream,
 }
 
 impl NatsBus {
@@ -122,6 +124,14 @@ impl NatsBus {
             },
         )
         .await?;
+        let named = ensure_stream(
+            &js,
+            stream::Config {
+                max_messages_per_subject: 1,
+                ..base(STATE_STREAM, STATE_WILDCARD)
+            },
+        )
+        .await?;
         let feed_events = jetstream::ContextBuilder::new()
             .timeout(FEED_REQUEST_TIMEOUT)
             .build(client.clone())
@@ -136,6 +146,7 @@ impl NatsBus {
             updates,
             history,
             checkpoints,
+            named,
         })
     }
 
@@ -263,6 +274,22 @@ impl NatsBus {
             .await
             .map_err(BusError::unavailable)?;
         Ok(())
+    }
+
+    pub(crate) async fn save_state(&self, name: &str, payload: Bytes) -> Result<(), BusError> {
+        self.js
+            .publish(state_subject(name), payload)
+            .await
+            .map_err(BusError::unavailable)?
+            .await
+            .map_err(BusError::unavailable)?;
+        Ok(())
+    }
+
+    pub(crate) async fn load_state(&self, name: &str) -> Result<Option<Bytes>, BusError> {
+        last_of(&self.named, &state_subject(name))
+            .await
+            .map(|m| m.map(|(_, p)| p))
     }
 
     /// A checkpoint that fits one message is stored as it is. A larger one is

@@ -486,6 +486,37 @@ async fn checkpoints_larger_than_one_message_round_trip(fx: Fixture) {
     );
 }
 
+async fn named_state_is_saved_replaced_and_names_are_checked(fx: Fixture) {
+    let bus = &fx.bus;
+    assert_eq!(bus.load_state("maintenance").await.expect("load"), None);
+    bus.save_state("maintenance", Bytes::from_static(b"on"))
+        .await
+        .expect("save");
+    bus.save_state("other_1", Bytes::from_static(b"x"))
+        .await
+        .expect("save");
+    bus.save_state("maintenance", Bytes::from_static(b"off"))
+        .await
+        .expect("replace");
+    assert_eq!(
+        bus.load_state("maintenance")
+            .await
+            .expect("load")
+            .as_deref(),
+        Some(&b"off"[..])
+    );
+    assert_eq!(
+        bus.load_state("other_1").await.expect("load").as_deref(),
+        Some(&b"x"[..])
+    );
+    for bad in ["", "a.b", "a>", "Upper", "with space"] {
+        assert!(
+            bus.save_state(bad, Bytes::new()).await.is_err(),
+            "{bad:?} accepted as a name"
+        );
+    }
+}
+
 async fn dropping_a_subscription_removes_interest(fx: Fixture) {
     let bus = &fx.bus;
     let t = topic("conversions", Period::Hour);
@@ -694,6 +725,7 @@ conformance!(
     history_is_bounded_and_newest_last,
     checkpoints_are_saved_loaded_and_replaced,
     checkpoints_larger_than_one_message_round_trip,
+    named_state_is_saved_replaced_and_names_are_checked,
     dropping_a_subscription_removes_interest,
     broadcast_reaches_every_broadcast_subscriber,
     known_kpis_lists_codes_with_stored_updates_sorted_and_bounded,

@@ -25,6 +25,14 @@ pub const CHECKPOINT_WILDCARD: &str = "kpi.checkpoint.>";
 /// System messages for every connected client on every gateway.
 pub const BROADCAST_SUBJECT: &str = "kpi.broadcast";
 
+/// Small named values kept for services that start later (maintenance mode).
+pub const STATE_WILDCARD: &str = "kpi.state.>";
+
+/// Where the named value `name` (one subject token, e.g. `maintenance`) is kept.
+pub fn state_subject(name: &str) -> String {
+    format!("kpi.state.{name}")
+}
+
 pub fn checkpoint_subject(partition: u32) -> String {
     format!("kpi.checkpoint.{partition}")
 }

@@ -5,8 +5,10 @@
 //! the sender included, runs one [`listen`] task on `bus.subscribe_broadcast()`
 //! that applies the event (maintenance on or off) and hands
 //! `{"type":"system","message":..,"at":..}` to each of its WebSocket and SSE
-//! clients, which are listed in [`Clients`]. Maintenance state is not stored:
-//! a gateway started while maintenance is on does not know it.
+//! clients, which are listed in [`Clients`]. A maintenance event is also
+//! stored on the bus (state `maintenance`) before it is broadcast, and a
+//! gateway applies the stored one when it starts ([`restore_maintenance`]),
+//! so one started during maintenance keeps its doors closed too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +29,9 @@ use crate::audit;
 use crate::outbox::Outbox;
 use crate::request::ApiError;
 use crate::server::AppState;
+
+/// The bus state holding the last maintenance event.
+pub const MAINTENANCE_STATE: &str = "maintenance";
 
 /// Longest system message accepted.
 pub const MAX_MESSAGE_CHARS: usize = 1000;
@@ -113,13 +118,41 @@ pub(crate) async fn listen(mut sub: UpdateSubscription, security: Security, shut
                 continue;
             }
         };
-        match event.maintenance {
-            Some(true) => security.set_maintenance(Some(event.message.clone())),
-            Some(false) => security.set_maintenance(None),
-            None => {}
-        }
+        apply_maintenance(&security, &event);
         let reached = security.clients().push_all(&event.client_json());
         tracing::info!(reached, maintenance = ?event.maintenance, "system message delivered");
+    }
+}
+
+fn apply_maintenance(security: &Security, event: &SystemEvent) {
+    match event.maintenance {
+        Some(true) => security.set_maintenance(Some(event.message.clone())),
+        Some(false) => security.set_maintenance(None),
+        None => {}
+    }
+}
+
+/// Applies the stored maintenance state, at start. Call it after subscribing
+/// to broadcasts and before handing the subscription to [`listen`]: the
+/// admin stores before it broadcasts, so whatever the subscription holds is
+/// at least as new as what this reads, and is applied after it.
+pub(crate) async fn restore_maintenance(bus: &kpi_bus::Bus, security: &Security) {
+    let stored = match bus.load_state(MAINTENANCE_STATE).await {
+        Ok(Some(raw)) => raw,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the stored maintenance state; assuming none");
+            return;
+        }
+    };
+    match serde_json::from_slice::<SystemEvent>(&stored) {
+        Ok(event) => {
+            apply_maintenance(security, &event);
+            if event.maintenance == Some(true) {
+                tracing::warn!(message = %event.message, since = %event.at, "starting in maintenance mode");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "ignoring a malformed stored maintenance state"),
     }
 }
 
@@ -175,9 +208,19 @@ async fn publish(
         at: kpi_core::time::rfc3339(&Utc::now()),
         maintenance,
     };
-    let payload = serde_json::to_vec(&event)
-        .map_err(|e| ApiError::unavailable(format!("encoding the event: {e}")))?;
-    app.hub.bus().broadcast(Bytes::from(payload)).await?;
+    let payload = Bytes::from(
+        serde_json::to_vec(&event)
+            .map_err(|e| ApiError::unavailable(format!("encoding the event: {e}")))?,
+    );
+    if maintenance.is_some() {
+        // Stored first: a gateway starting now reads it, or receives the
+        // broadcast, or both.
+        app.hub
+            .bus()
+            .save_state(MAINTENANCE_STATE, payload.clone())
+            .await?;
+    }
+    app.hub.bus().broadcast(payload).await?;
     let detail = match maintenance {
         Some(true) => "maintenance on",
         Some(false) => "maintenance off",

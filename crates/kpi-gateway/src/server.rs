@@ -67,7 +67,10 @@ pub async fn run(
         crate::ip_rate::IpRate::new(settings.max_connections_per_ip_per_sec),
     );
     // Subscribed before serving, so no admin broadcast is missed once we are up.
-    match bus.subscribe_broadcast().await {
+    // Then the stored maintenance state: broadcasts after it queue meanwhile.
+    let broadcasts = bus.subscribe_broadcast().await;
+    crate::admin::restore_maintenance(&bus, &security).await;
+    match broadcasts {
         Ok(sub) => {
             tokio::spawn(crate::admin::listen(
                 sub,

@@ -64,6 +64,41 @@ async fn next_text(ws: &mut Ws) -> Value {
     }
 }
 
+/// A gateway process on `port`, ready.
+async fn gateway(nats_url: &str, secret_file: &str, port: u16) -> Service {
+    let listen = format!("127.0.0.1:{port}");
+    let g = Service::spawn(
+        "kpi-gateway",
+        &[
+            "--listen",
+            &listen,
+            "--nats-url",
+            nats_url,
+            "--jwt-hs256-secret-file",
+            secret_file,
+            "--allow-anonymous",
+            "true",
+        ],
+        &[("RUST_LOG", "info,kpistream::audit=info")],
+    );
+    g.wait_http_ok(
+        &format!("http://127.0.0.1:{port}/readyz"),
+        Duration::from_secs(30),
+    )
+    .await;
+    g
+}
+
+async fn assert_refused_for_maintenance(port: u16) {
+    match tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!(
+            "gateway {port} accepted a connection in maintenance: {:?}",
+            other.map(|_| ())
+        ),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_broadcast_reaches_clients_of_every_gateway_process() {
     let nats = tokio::task::spawn_blocking(NatsServer::start)
@@ -74,32 +109,9 @@ async fn an_admin_broadcast_reaches_clients_of_every_gateway_process() {
     std::fs::write(&secret, SECRET).unwrap();
     let secret = secret.to_str().unwrap().to_string();
     let ports = [free_port(), free_port()];
-    let gateways: Vec<Service> = ports
-        .iter()
-        .map(|port| {
-            let listen = format!("127.0.0.1:{port}");
-            Service::spawn(
-                "kpi-gateway",
-                &[
-                    "--listen",
-                    &listen,
-                    "--nats-url",
-                    &nats.url(),
-                    "--jwt-hs256-secret-file",
-                    &secret,
-                    "--allow-anonymous",
-                    "true",
-                ],
-                &[("RUST_LOG", "info,kpistream::audit=info")],
-            )
-        })
-        .collect();
-    for (g, port) in gateways.iter().zip(ports) {
-        g.wait_http_ok(
-            &format!("http://127.0.0.1:{port}/readyz"),
-            Duration::from_secs(30),
-        )
-        .await;
+    let mut gateways = Vec::new();
+    for port in ports {
+        gateways.push(gateway(&nats.url(), &secret, port).await);
     }
     let mut clients = Vec::new();
     for port in ports {
@@ -149,17 +161,35 @@ async fn an_admin_broadcast_reaches_clients_of_every_gateway_process() {
         assert_eq!(next_text(ws).await["maintenance"], true);
     }
     for port in ports {
-        let refused = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")).await;
-        match refused {
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-                assert_eq!(resp.status(), 503)
-            }
-            other => panic!(
-                "gateway {port} accepted a connection in maintenance: {:?}",
-                other.map(|_| ())
-            ),
+        assert_refused_for_maintenance(port).await;
+    }
+    // A gateway started during maintenance reads the stored state.
+    let late_port = free_port();
+    let late = gateway(&nats.url(), &secret, late_port).await;
+    assert_refused_for_maintenance(late_port).await;
+    // Maintenance off, posted to the first: every door opens, the late one's too.
+    let off = r#"{"enabled":false}"#;
+    assert_eq!(
+        post(ports[0], "/api/admin/maintenance", &admin, off).await,
+        202
+    );
+    for ws in clients.iter_mut() {
+        assert_eq!(next_text(ws).await["maintenance"], false);
+    }
+    for port in [ports[0], ports[1], late_port] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway {port} still refuses after maintenance ended"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    drop(late);
     let logs = gateways[0].logs() + &gateways[1].logs();
     assert!(
         logs.contains("kpistream::audit"),
