@@ -69,6 +69,28 @@ fn apply(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The same, in a partition that already holds 3,000 KPIs (9,000 topics)
+    // of which the events touch 100: a render must not cost per topic held.
+    let mut held = PartitionState::default();
+    for (i, ev) in events(3000, 3000).iter().enumerate() {
+        held.apply(i as u64 + 1, ev, &lateness);
+    }
+    held.render(now, &policy);
+    let base = held.applied_seq;
+    g.bench_function("apply_and_render_each_1k_events_100_of_3000_kpis", |b| {
+        b.iter_batched_ref(
+            || held.clone(),
+            |state| {
+                for (i, ev) in evs.iter().enumerate() {
+                    state.apply(base + i as u64 + 1, ev, &lateness);
+                    for out in state.render(now, &policy) {
+                        black_box(out);
+                    }
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
     g.finish();
 }
 

@@ -20,7 +20,7 @@ const PRUNE_MARGIN_SECS: i64 = 300;
 ///
 /// The checkpoint is this struct serialized: state and position are saved
 /// together, which is what makes a restart neither skip nor repeat an event.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PartitionState {
     /// Last event-log sequence applied (0 = none).
     pub applied_seq: u64,
@@ -29,6 +29,28 @@ pub struct PartitionState {
     pub watermark: i64,
     /// Keyed by "code/period" (JSON object keys must be strings).
     topics: BTreeMap<String, TopicState>,
+    /// Keys of topics an event changed since the last render. Whether a
+    /// topic is due changes only when an event changes it or a bucket
+    /// boundary passes, so between boundaries a render looks at these alone
+    /// instead of every topic: with coalescing off the worker renders after
+    /// every batch of events, and scanning thousands of topics each time
+    /// would be most of its work. Not saved: a loaded state scans everything
+    /// on its first render.
+    #[serde(skip)]
+    pending: BTreeSet<String>,
+    /// Each period's bucket at the last render. When any of them moves, a
+    /// bucket may have closed anywhere and the render looks at every topic.
+    #[serde(skip)]
+    scanned: Option<[i64; 3]>,
+}
+
+/// The checkpointed state; the render index is derived and left out.
+impl PartialEq for PartitionState {
+    fn eq(&self, other: &Self) -> bool {
+        self.applied_seq == other.applied_seq
+            && self.watermark == other.watermark
+            && self.topics == other.topics
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -89,9 +111,13 @@ impl PartitionState {
                 out.late += 1;
                 continue;
             }
+            let k = key(&ev.kpi, period);
+            if !self.pending.contains(&k) {
+                self.pending.insert(k.clone());
+            }
             let ts = self
                 .topics
-                .entry(key(&ev.kpi, period))
+                .entry(k)
                 .or_insert_with(|| TopicState::new(ev.kpi.clone(), period));
             ts.buckets
                 .entry(start)
@@ -126,12 +152,37 @@ impl PartitionState {
     /// first, then the current bucket, so the newest message of a topic is
     /// always its current bucket (the one a snapshot shows).
     pub fn render(&mut self, now: DateTime<Utc>, policy: &ThresholdPolicy) -> Vec<Outgoing> {
+        let marks = Period::ALL.map(|p| p.bucket_start_secs(now));
+        let everything = self.scanned != Some(marks);
+        self.scanned = Some(marks);
+        self.render_due(now, policy, everything)
+    }
+
+    /// Renders the due topics among every topic, or among the pending ones.
+    fn render_due(
+        &mut self,
+        now: DateTime<Utc>,
+        policy: &ThresholdPolicy,
+        everything: bool,
+    ) -> Vec<Outgoing> {
         let mut out = Vec::new();
-        for ts in self.topics.values_mut() {
-            if ts.is_due(now, policy) {
-                ts.render(now, &mut out);
+        let PartitionState {
+            topics, pending, ..
+        } = self;
+        if everything {
+            for ts in topics.values_mut() {
+                if ts.is_due(now, policy) {
+                    ts.render(now, &mut out);
+                }
+            }
+        } else {
+            for k in pending.iter() {
+                if let Some(ts) = topics.get_mut(k).filter(|ts| ts.is_due(now, policy)) {
+                    ts.render(now, &mut out);
+                }
             }
         }
+        pending.clear();
         out
     }
 
@@ -430,5 +481,69 @@ mod tests {
         st.render(t(3), &ThresholdPolicy::default());
         let back = PartitionState::from_json(&st.to_json()).expect("decode");
         assert_eq!(back, st);
+    }
+
+    mod incremental_render {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            /// An event for KPI `kpi`, `ahead` s after the clock (may be
+            /// negative: late), received now.
+            Event { kpi: u8, ahead: i64, value: i8 },
+            /// The clock moves on by this many seconds, then a render.
+            Render { after: u16 },
+            /// Checkpoint and reload (the render index is rebuilt).
+            Reload,
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                4 => (0u8..6, -150i64..90, any::<i8>())
+                    .prop_map(|(kpi, ahead, value)| Step::Event { kpi, ahead, value }),
+                3 => (0u16..200).prop_map(|after| Step::Render { after }),
+                1 => Just(Step::Reload),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Looking only at the topics events changed since the last
+            /// render (between bucket boundaries) publishes exactly what
+            /// looking at every topic would.
+            #[test]
+            fn renders_the_same_as_scanning_every_topic(steps in prop::collection::vec(step(), 1..120)) {
+                // A threshold on some codes, so changed-but-not-due topics occur.
+                let policy = ThresholdPolicy::parse("k1=50%,k3=2").expect("policy");
+                let lateness = Lateness::default();
+                let mut fast = PartitionState::default();
+                let mut reference = PartitionState::default();
+                let mut clock = 0i64;
+                for (i, step) in steps.into_iter().enumerate() {
+                    match step {
+                        Step::Event { kpi, ahead, value } => {
+                            let e = EventRecord {
+                                kpi: KpiCode::parse(&format!("k{kpi}")).expect("code"),
+                                ..ev(&format!("e{i}"), f64::from(value), t(clock + ahead), t(clock))
+                            };
+                            fast.apply(i as u64 + 1, &e, &lateness);
+                            reference.apply(i as u64 + 1, &e, &lateness);
+                        }
+                        Step::Render { after } => {
+                            clock += i64::from(after);
+                            let now = t(clock);
+                            let got = fast.render(now, &policy);
+                            let want = reference.render_due(now, &policy, true);
+                            prop_assert_eq!(got, want, "at {}", clock);
+                        }
+                        Step::Reload => {
+                            fast = PartitionState::from_json(&fast.to_json()).expect("decode");
+                        }
+                    }
+                }
+            }
+        }
     }
 }
