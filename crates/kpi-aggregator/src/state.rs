@@ -132,12 +132,23 @@ impl PartitionState {
     }
 
     /// Topics that [`PartitionState::render`] would publish for at `now`.
+    /// Looks at the same topics that render would: the pending ones, or all
+    /// of them when a bucket boundary passed.
     pub fn due(&self, now: DateTime<Utc>, policy: &ThresholdPolicy) -> Vec<Topic> {
-        self.topics
-            .values()
-            .filter(|ts| ts.is_due(now, policy))
-            .map(|ts| Topic::new(ts.code.clone(), ts.period))
-            .collect()
+        let marks = Period::ALL.map(|p| p.bucket_start_secs(now));
+        let due = |ts: &TopicState| {
+            ts.is_due(now, policy)
+                .then(|| Topic::new(ts.code.clone(), ts.period))
+        };
+        if self.scanned == Some(marks) {
+            self.pending
+                .iter()
+                .filter_map(|k| self.topics.get(k))
+                .filter_map(due)
+                .collect()
+        } else {
+            self.topics.values().filter_map(due).collect()
+        }
     }
 
     /// Raises a topic's seq to at least `seq` (the last one found on the bus
@@ -534,8 +545,18 @@ mod tests {
                         Step::Render { after } => {
                             clock += i64::from(after);
                             let now = t(clock);
+                            let listed = fast.due(now, &policy);
                             let got = fast.render(now, &policy);
                             let want = reference.render_due(now, &policy, true);
+                            let mut rendered: Vec<Topic> = got
+                                .iter()
+                                .filter_map(|o| match o {
+                                    Outgoing::Update(t, _) => Some(t.clone()),
+                                    Outgoing::History(..) => None,
+                                })
+                                .collect();
+                            rendered.dedup();
+                            prop_assert_eq!(&listed, &rendered, "due() at {}", clock);
                             prop_assert_eq!(got, want, "at {}", clock);
                         }
                         Step::Reload => {
