@@ -34,6 +34,10 @@ for n in 2500 5000 7500 10000; do
     done
 done
 
+# Many KPIs: 3,000 of them, one connection each, about 1,000 events/s in all.
+$LG kpistream --connections 3000 --kpis 3000 --rate 0.33 --duration 20 --warmup 3 \
+    --out "$OUT/f-3k-kpis" > /dev/null
+
 # Micro-benchmarks of the hot paths.
 cargo bench -p kpi-aggregator --bench apply
 cargo bench -p kpi-gateway --bench fanout
