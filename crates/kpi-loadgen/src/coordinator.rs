@@ -148,6 +148,8 @@ pub async fn measure(load: &LoadArgs, target: &Target) -> anyhow::Result<RunRepo
     let worker_pids: Vec<u32> = workers.iter().filter_map(|w| w.child.id()).collect();
     let mut me = vec![std::process::id()];
     me.extend(&worker_pids);
+    let everyone: Vec<u32> = target.all_pids.iter().chain(&me).copied().collect();
+    let each0 = procstat::cpu_each(&everyone);
     let (server0, total0, lg0) = (
         cpu_of(&target.server_pids),
         cpu_of(&target.all_pids),
@@ -168,6 +170,7 @@ pub async fn measure(load: &LoadArgs, target: &Target) -> anyhow::Result<RunRepo
         cpu_of(&target.all_pids),
         cpu_of(&me),
     );
+    let cpu_secs_by_process = procstat::cpu_by_name(&each0, &procstat::cpu_each(&everyone));
     let sent_in_window = stats.sent.load(Ordering::Relaxed) - sent0;
     let rss_end = procstat::total_rss(&target.server_pids).unwrap_or(0);
     stats.stop.store(true, Ordering::Relaxed);
@@ -236,6 +239,7 @@ pub async fn measure(load: &LoadArgs, target: &Target) -> anyhow::Result<RunRepo
         server_cpu_secs: server_cpu,
         total_cpu_secs: total_cpu,
         loadgen_cpu_secs: lg1 - lg0,
+        cpu_secs_by_process,
         deliveries_per_server_cpu_sec: deliveries as f64 / server_cpu.max(0.01),
         deliveries_per_total_cpu_sec: deliveries as f64 / total_cpu.max(0.01),
         server_rss_before: rss_before,
@@ -290,6 +294,16 @@ fn print_logs(dir: &std::path::Path) {
 }
 
 pub fn summary_line(r: &RunReport) -> String {
+    let by_process: Vec<String> = r
+        .cpu_secs_by_process
+        .iter()
+        .map(|(name, secs)| format!("{name} {secs:.2}"))
+        .collect();
+    let line = summary_figures(r);
+    format!("{line}\n{:<9} CPU-s by process: {}", "", by_process.join(", "))
+}
+
+fn summary_figures(r: &RunReport) -> String {
     format!(
         "{:<9} conns {}/{} deliveries/s {:.0} (ratio {:.3}) p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms (from render: p50 {:.2} p99 {:.2}) | server CPU {:.2} s -> {:.0} deliveries/CPU-s | total CPU {:.2} s | RSS idle/conn {:.0} B",
         r.target,

@@ -39,6 +39,37 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// The process's command name (`/proc/<pid>/comm`), e.g. `kpi-gateway`.
+pub fn name(pid: u32) -> anyhow::Result<String> {
+    let raw = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .with_context(|| format!("reading /proc/{pid}/comm"))?;
+    Ok(raw.trim().to_string())
+}
+
+/// CPU seconds so far of each process, keyed by pid with its name.
+pub fn cpu_each(pids: &[u32]) -> Vec<(u32, String, f64)> {
+    pids.iter()
+        .filter_map(|&p| Some((p, name(p).ok()?, cpu_secs(p).ok()?)))
+        .collect()
+}
+
+/// CPU seconds each process name used between two [`cpu_each`] readings;
+/// processes of the same name are added up.
+pub fn cpu_by_name(
+    before: &[(u32, String, f64)],
+    after: &[(u32, String, f64)],
+) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for (pid, name, end) in after {
+        let start = before
+            .iter()
+            .find(|(p, _, _)| p == pid)
+            .map_or(0.0, |(_, _, c)| *c);
+        *by_name.entry(name.clone()).or_insert(0.0) += end - start;
+    }
+    by_name
+}
+
 /// Sums over several processes; a process that is gone counts as an error.
 pub fn total_cpu(pids: &[u32]) -> anyhow::Result<f64> {
     pids.iter().map(|p| cpu_secs(*p)).sum()

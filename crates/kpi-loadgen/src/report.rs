@@ -97,6 +97,11 @@ pub struct RunReport {
     /// Of every process of the target (NATS, ingest, aggregator too).
     pub total_cpu_secs: f64,
     pub loadgen_cpu_secs: f64,
+    /// CPU seconds in the window per process name: the target's processes
+    /// (`nats-server`, `kpi-ingest`, ...) and the loadgen's own
+    /// (`kpi-loadgen`: coordinator, publisher and client workers).
+    #[serde(default)]
+    pub cpu_secs_by_process: std::collections::BTreeMap<String, f64>,
     pub deliveries_per_server_cpu_sec: f64,
     pub deliveries_per_total_cpu_sec: f64,
     pub server_rss_before: u64,

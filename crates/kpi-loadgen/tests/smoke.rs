@@ -59,6 +59,18 @@ fn measures_kpi_stack_at_tiny_scale() {
         max < 10_000.0,
         "latency over 10 s is not a measurement: {lat}"
     );
+    // Where the CPU went, per process, for the README's breakdown.
+    let by_process = r["cpu_secs_by_process"]
+        .as_object()
+        .expect("cpu by process");
+    // This run is the single-process stack.
+    for name in ["kpi-stack", "kpi-loadgen"] {
+        let secs = by_process.get(name).and_then(|v| v.as_f64());
+        assert!(
+            secs.is_some_and(|s| s >= 0.0),
+            "no CPU for {name}: {by_process:?}"
+        );
+    }
     assert!(out.path().join("kpistream-latency.svg").is_file());
     assert!(out.path().join("kpistream-deliveries.svg").is_file());
 }
