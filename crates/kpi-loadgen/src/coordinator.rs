@@ -148,7 +148,17 @@ pub async fn measure(load: &LoadArgs, target: &Target) -> anyhow::Result<RunRepo
     let worker_pids: Vec<u32> = workers.iter().filter_map(|w| w.child.id()).collect();
     let mut me = vec![std::process::id()];
     me.extend(&worker_pids);
-    let everyone: Vec<u32> = target.all_pids.iter().chain(&me).copied().collect();
+    // Labelled by process name; the loadgen's own processes apart from a
+    // target that is also a `kpi-loadgen` process (the plain server).
+    let everyone: Vec<(u32, String)> = target
+        .all_pids
+        .iter()
+        .map(|&p| {
+            let name = procstat::name(p).unwrap_or_else(|_| format!("pid {p}"));
+            (p, name.replace("kpi-loadgen", "serve-plain"))
+        })
+        .chain(me.iter().map(|&p| (p, "kpi-loadgen".to_string())))
+        .collect();
     let each0 = procstat::cpu_each(&everyone);
     let (server0, total0, lg0) = (
         cpu_of(&target.server_pids),
@@ -300,7 +310,11 @@ pub fn summary_line(r: &RunReport) -> String {
         .map(|(name, secs)| format!("{name} {secs:.2}"))
         .collect();
     let line = summary_figures(r);
-    format!("{line}\n{:<9} CPU-s by process: {}", "", by_process.join(", "))
+    format!(
+        "{line}\n{:<9} CPU-s by process: {}",
+        "",
+        by_process.join(", ")
+    )
 }
 
 fn summary_figures(r: &RunReport) -> String {

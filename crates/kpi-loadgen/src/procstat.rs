@@ -46,10 +46,10 @@ pub fn name(pid: u32) -> anyhow::Result<String> {
     Ok(raw.trim().to_string())
 }
 
-/// CPU seconds so far of each process, keyed by pid with its name.
-pub fn cpu_each(pids: &[u32]) -> Vec<(u32, String, f64)> {
+/// CPU seconds so far of each process, with its label.
+pub fn cpu_each(pids: &[(u32, String)]) -> Vec<(u32, String, f64)> {
     pids.iter()
-        .filter_map(|&p| Some((p, name(p).ok()?, cpu_secs(p).ok()?)))
+        .filter_map(|(p, label)| Some((*p, label.clone(), cpu_secs(*p).ok()?)))
         .collect()
 }
 
