@@ -13,13 +13,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use kpi_core::ErrorMessage;
 use kpi_service::Shutdown;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
 use crate::close_codes;
 use crate::outbox::{Out, Outbox};
 use crate::ws_frame::{self, Decoder, FrameError, Incoming};
-use crate::ws_upgrade::RawSocket;
+use crate::ws_upgrade::{RawSocket, SocketWriter};
 
 /// Messages written in one syscall, so a burst costs few of them.
 const MAX_BATCH: usize = 64;
@@ -255,7 +255,7 @@ impl Input {
     }
 }
 
-async fn write_loop(mut w: Box<dyn AsyncWrite + Send + Unpin>, outbox: Outbox) {
+async fn write_loop(mut w: SocketWriter, outbox: Outbox) {
     // Looked up once and counted once per batch: a registry lookup per
     // message showed up in profiles at 100k deliveries/s (benches/README.md).
     let sent = metrics::counter!(crate::metrics::MESSAGES_SENT);

@@ -90,7 +90,9 @@ struct State {
     /// Since when the oldest queued item has waited without the writer taking
     /// anything: the writer is blocked on a client that does not read.
     waiting_since: Option<Instant>,
-    close: Option<Out>,
+    /// Boxed: a close is rare, and inline it made every outbox's state a
+    /// cache line longer.
+    close: Option<Box<Out>>,
     finished: bool,
     /// The writer, waiting for something to send. Kept under the same lock
     /// as the queue (rather than a separate `Notify`) so a push and its
@@ -240,11 +242,11 @@ impl Outbox {
     pub fn close(&self, code: u16, reason: &'static str, error: Option<Bytes>) {
         let mut st = self.inner.state.lock();
         if st.close.is_none() && !st.finished {
-            st.close = Some(Out::Close {
+            st.close = Some(Box::new(Out::Close {
                 code,
                 reason,
                 error,
-            });
+            }));
         }
         wake(st);
     }
@@ -437,7 +439,7 @@ fn pop(st: &mut State) -> Option<Out> {
         st.ready.clear();
         st.data_len = 0;
         st.waker = None;
-        return Some(close);
+        return Some(*close);
     }
     if let Some((seq, bytes)) = st.ready.pop_front() {
         return Some(Out::Data { seq, bytes });

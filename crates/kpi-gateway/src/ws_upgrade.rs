@@ -20,7 +20,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -124,10 +125,48 @@ impl Upgrade {
     }
 }
 
+/// The sending half. A TCP socket is written with `try_write` first, which
+/// skips the readiness bookkeeping of `AsyncWrite::poll_write` when the
+/// socket has room, as it almost always does.
+pub(crate) enum SocketWriter {
+    Tcp(OwnedWriteHalf),
+    /// An upgraded stream hyper would not give back as TCP.
+    Other(Box<dyn AsyncWrite + Send + Unpin>),
+}
+
+impl SocketWriter {
+    pub(crate) async fn write_all(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            SocketWriter::Tcp(w) => {
+                while !buf.is_empty() {
+                    match w.try_write(buf) {
+                        Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                        Ok(n) => buf = &buf[n..],
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            w.writable().await?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            SocketWriter::Other(w) => w.write_all(buf).await,
+        }
+    }
+
+    pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            // Nothing is buffered above the kernel.
+            SocketWriter::Tcp(_) => Ok(()),
+            SocketWriter::Other(w) => w.flush().await,
+        }
+    }
+}
+
 /// The upgraded connection as two independently owned halves.
 pub(crate) struct RawSocket {
     pub reader: Box<dyn AsyncRead + Send + Unpin>,
-    pub writer: Box<dyn AsyncWrite + Send + Unpin>,
+    pub writer: SocketWriter,
     /// Bytes the client sent right after the handshake, already read by hyper.
     pub buffered: Bytes,
 }
@@ -141,7 +180,7 @@ impl RawSocket {
                 let (reader, writer) = parts.io.into_inner().into_split();
                 RawSocket {
                     reader: Box::new(reader),
-                    writer: Box::new(writer),
+                    writer: SocketWriter::Tcp(writer),
                     buffered: parts.read_buf,
                 }
             }
@@ -149,7 +188,7 @@ impl RawSocket {
                 let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
                 RawSocket {
                     reader: Box::new(reader),
-                    writer: Box::new(writer),
+                    writer: SocketWriter::Other(Box::new(writer)),
                     buffered: Bytes::new(),
                 }
             }
