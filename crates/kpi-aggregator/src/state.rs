@@ -135,12 +135,11 @@ impl PartitionState {
     /// Looks at the same topics that render would: the pending ones, or all
     /// of them when a bucket boundary passed.
     pub fn due(&self, now: DateTime<Utc>, policy: &ThresholdPolicy) -> Vec<Topic> {
-        let marks = Period::ALL.map(|p| p.bucket_start_secs(now));
         let due = |ts: &TopicState| {
             ts.is_due(now, policy)
                 .then(|| Topic::new(ts.code.clone(), ts.period))
         };
-        if self.scanned == Some(marks) {
+        if !self.boundary_passed(now) {
             self.pending
                 .iter()
                 .filter_map(|k| self.topics.get(k))
@@ -163,10 +162,15 @@ impl PartitionState {
     /// first, then the current bucket, so the newest message of a topic is
     /// always its current bucket (the one a snapshot shows).
     pub fn render(&mut self, now: DateTime<Utc>, policy: &ThresholdPolicy) -> Vec<Outgoing> {
-        let marks = Period::ALL.map(|p| p.bucket_start_secs(now));
-        let everything = self.scanned != Some(marks);
-        self.scanned = Some(marks);
+        let everything = self.boundary_passed(now);
+        self.scanned = Some(bucket_marks(now));
         self.render_due(now, policy, everything)
+    }
+
+    /// Whether some period's bucket at `now` differs from the last render's
+    /// (or nothing was rendered since this state was made or loaded).
+    fn boundary_passed(&self, now: DateTime<Utc>) -> bool {
+        self.scanned != Some(bucket_marks(now))
     }
 
     /// Renders the due topics among every topic, or among the pending ones.
@@ -229,6 +233,11 @@ impl PartitionState {
     pub fn from_json(raw: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(raw)
     }
+}
+
+/// Each period's bucket start at `now`.
+fn bucket_marks(now: DateTime<Utc>) -> [i64; 3] {
+    Period::ALL.map(|p| p.bucket_start_secs(now))
 }
 
 fn key(code: &kpi_core::KpiCode, period: Period) -> String {

@@ -210,12 +210,7 @@ impl NatsBus {
     ) -> Result<(), BusError> {
         // A JetStream publish is also an ordinary publish: the gateways'
         // plain subscriptions on this subject receive it as it is stored.
-        self.js
-            .publish(topic.updates_subject(), payload)
-            .await
-            .map_err(BusError::unavailable)?
-            .await
-            .map_err(BusError::unavailable)?;
+        self.store(topic.updates_subject(), None, payload).await?;
         Ok(())
     }
 
@@ -267,22 +262,12 @@ impl NatsBus {
         topic: &Topic,
         payload: Bytes,
     ) -> Result<(), BusError> {
-        self.js
-            .publish(topic.history_subject(), payload)
-            .await
-            .map_err(BusError::unavailable)?
-            .await
-            .map_err(BusError::unavailable)?;
+        self.store(topic.history_subject(), None, payload).await?;
         Ok(())
     }
 
     pub(crate) async fn save_state(&self, name: &str, payload: Bytes) -> Result<(), BusError> {
-        self.js
-            .publish(state_subject(name), payload)
-            .await
-            .map_err(BusError::unavailable)?
-            .await
-            .map_err(BusError::unavailable)?;
+        self.store(state_subject(name), None, payload).await?;
         Ok(())
     }
 
@@ -341,16 +326,8 @@ impl NatsBus {
     }
 
     pub(crate) async fn load_checkpoint(&self, partition: u32) -> Result<Option<Bytes>, BusError> {
-        let m = match self
-            .checkpoints
-            .get_last_raw_message_by_subject(&checkpoint_subject(partition))
-            .await
-        {
-            Ok(m) => m,
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-                return Ok(None)
-            }
-            Err(e) => return Err(BusError::unavailable(e)),
+        let Some(m) = last_message(&self.checkpoints, &checkpoint_subject(partition)).await? else {
+            return Ok(None);
         };
         if m.headers.get(CHECKPOINT_PARTS_HEADER).is_none() {
             return Ok(Some(m.payload));
@@ -397,7 +374,7 @@ impl NatsBus {
             .max(1024)
     }
 
-    /// Publishes to the checkpoint stream and waits for the ack: the stream sequence.
+    /// Publishes to JetStream and waits for the ack: the stream sequence.
     async fn store(
         &self,
         subject: String,
@@ -557,8 +534,18 @@ async fn ensure_stream(
 
 /// The last message on `subject` in `stream`: (stream sequence, payload).
 async fn last_of(s: &stream::Stream, subject: &str) -> Result<Option<(u64, Bytes)>, BusError> {
+    Ok(last_message(s, subject)
+        .await?
+        .map(|m| (m.sequence, m.payload)))
+}
+
+/// The last message on `subject` in `stream`, headers included.
+async fn last_message(
+    s: &stream::Stream,
+    subject: &str,
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>, BusError> {
     match s.get_last_raw_message_by_subject(subject).await {
-        Ok(m) => Ok(Some((m.sequence, m.payload))),
+        Ok(m) => Ok(Some(m)),
         Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(BusError::unavailable(e)),
     }

@@ -94,8 +94,16 @@ fn spawn_workers(load: &LoadArgs, target: &Target) -> anyhow::Result<Vec<Worker>
     Ok(workers)
 }
 
-fn cpu_of(pids: &[u32]) -> f64 {
-    procstat::total_cpu(pids).unwrap_or(f64::NAN)
+/// CPU seconds of `pids` in one [`procstat::cpu_each`] reading; NaN when
+/// one of them could not be read (a process that died is not a measurement).
+fn cpu_of(each: &[(u32, String, f64)], pids: &[u32]) -> f64 {
+    pids.iter()
+        .map(|pid| {
+            each.iter()
+                .find(|(p, _, _)| p == pid)
+                .map_or(f64::NAN, |(_, _, c)| *c)
+        })
+        .sum()
 }
 
 /// Measures one target under `load`.
@@ -161,9 +169,9 @@ pub async fn measure(load: &LoadArgs, target: &Target) -> anyhow::Result<RunRepo
         .collect();
     let each0 = procstat::cpu_each(&everyone);
     let (server0, total0, lg0) = (
-        cpu_of(&target.server_pids),
-        cpu_of(&target.all_pids),
-        cpu_of(&me),
+        cpu_of(&each0, &target.server_pids),
+        cpu_of(&each0, &target.all_pids),
+        cpu_of(&each0, &me),
     );
     let sent0 = stats.sent.load(Ordering::Relaxed);
     for w in &mut workers {
@@ -175,12 +183,13 @@ pub async fn measure(load: &LoadArgs, target: &Target) -> anyhow::Result<RunRepo
         w.say("stop").await;
     }
     let window_secs = window_started.elapsed().as_secs_f64();
+    let each1 = procstat::cpu_each(&everyone);
     let (server1, total1, lg1) = (
-        cpu_of(&target.server_pids),
-        cpu_of(&target.all_pids),
-        cpu_of(&me),
+        cpu_of(&each1, &target.server_pids),
+        cpu_of(&each1, &target.all_pids),
+        cpu_of(&each1, &me),
     );
-    let cpu_secs_by_process = procstat::cpu_by_name(&each0, &procstat::cpu_each(&everyone));
+    let cpu_secs_by_process = procstat::cpu_by_name(&each0, &each1);
     let sent_in_window = stats.sent.load(Ordering::Relaxed) - sent0;
     let rss_end = procstat::total_rss(&target.server_pids).unwrap_or(0);
     stats.stop.store(true, Ordering::Relaxed);

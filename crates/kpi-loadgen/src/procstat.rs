@@ -70,11 +70,6 @@ pub fn cpu_by_name(
     by_name
 }
 
-/// Sums over several processes; a process that is gone counts as an error.
-pub fn total_cpu(pids: &[u32]) -> anyhow::Result<f64> {
-    pids.iter().map(|p| cpu_secs(*p)).sum()
-}
-
 pub fn total_rss(pids: &[u32]) -> anyhow::Result<u64> {
     pids.iter().map(|p| rss_bytes(*p)).sum()
 }
