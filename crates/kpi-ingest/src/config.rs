@@ -85,6 +85,11 @@ pub struct Config {
     /// On shutdown, wait at most this many seconds for in-flight calls to finish.
     #[arg(long, env = "KPI_DRAIN_GRACE_SECS", default_value_t = 30)]
     pub drain_grace_secs: u64,
+
+    /// Largest HTTP request body (JSON, line protocol, OTLP), after gzip; larger is 413.
+    /// NDJSON is streamed: this bounds each line instead.
+    #[arg(long, env = "KPI_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
 }
 
 impl Config {
@@ -124,6 +129,7 @@ impl Config {
             max_batch: self.max_batch,
             max_in_flight: self.max_in_flight,
             drain_grace: Duration::from_secs(self.drain_grace_secs),
+            max_body_bytes: self.max_body_bytes,
         }
     }
 
@@ -163,6 +169,8 @@ pub struct IngestSettings {
     pub max_in_flight: usize,
     /// On shutdown, how long in-flight calls may take before `run` returns anyway.
     pub drain_grace: Duration,
+    /// Largest HTTP request body after decompression (an NDJSON line, for NDJSON).
+    pub max_body_bytes: usize,
 }
 
 impl Default for IngestSettings {
@@ -176,6 +184,7 @@ impl Default for IngestSettings {
             max_batch: 10_000,
             max_in_flight: 1024,
             drain_grace: Duration::from_secs(30),
+            max_body_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -190,6 +199,9 @@ impl IngestSettings {
         }
         if self.max_in_flight == 0 {
             return Err(bad("--max-in-flight", "must be at least 1"));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(bad("--max-body-bytes", "must be at least 1"));
         }
         if let Some(token) = &self.publisher_token {
             // The token is compared with a header value, which can only hold

@@ -1,7 +1,9 @@
 //! kpi-ingest: the gRPC server publishers call to push KPI data points into kpistream.
 //!
-//! Each event is validated ([`validate`]), then stored durably on the bus
-//! before it is acknowledged ([`service`]); the `event_id` is the idempotency
+//! Every format (gRPC [`service`], JSON and InfluxDB line protocol over
+//! [`http`], OpenTelemetry metrics [`otlp`]) goes through one accept path
+//! ([`accept`]): each event is validated ([`validate`]), then stored durably
+//! on the bus before it is acknowledged; the `event_id` is the idempotency
 //! key, so a publisher that retries after a timeout never counts an event
 //! twice. [`server::run`] serves the `kpi.v1.Ingest` service with gRPC health,
 //! reflection and an optional bearer token, plus `/metrics`, `/healthz` and
@@ -11,15 +13,19 @@
 //! and calls [`server::run`]; `kpi-stack` calls the same `run` with an
 //! in-process bus.
 
+pub mod accept;
 pub mod config;
+pub mod http;
 pub mod metrics;
+pub mod otlp;
 pub mod publishers;
 pub mod server;
 pub mod service;
 pub mod validate;
 
+pub use accept::Accept;
 pub use config::{Config, ConfigError, IngestSettings, TlsFiles};
-pub use server::run;
+pub use server::{run, run_with};
 pub use service::IngestService;
 
 /// Why the ingest server could not start or stopped with a failure.

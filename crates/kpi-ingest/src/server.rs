@@ -1,11 +1,11 @@
 //! Serves the Ingest service (with health, reflection and the bearer-token check) and the ops HTTP routes, and drains on shutdown.
 
 use std::future::IntoFuture;
-use std::sync::Arc;
 
 use kpi_bus::Bus;
 use kpi_proto::v1::ingest_server::IngestServer;
 use kpi_service::{ops_router, Readiness, Shutdown};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
@@ -14,8 +14,8 @@ use tonic::transport::{Certificate, Identity};
 use tonic::{Request, Status};
 use tonic_health::ServingStatus;
 
+use crate::accept::Accept;
 use crate::config::{IngestSettings, TlsFiles};
-use crate::publishers::PublisherTokens;
 use crate::service::IngestService;
 use crate::IngestError;
 
@@ -27,8 +27,9 @@ pub const SERVICE_NAME: &str = <IngestServer<IngestService> as NamedService>::NA
 
 /// Serves until `shutdown` fires, then drains and returns.
 ///
-/// gRPC (Ingest, `grpc.health.v1.Health`, reflection v1) is served on `grpc`;
-/// `/healthz`, `/readyz` and `/metrics` on `http`. On shutdown, health turns
+/// gRPC (Ingest, OTLP `MetricsService`, `grpc.health.v1.Health`, reflection
+/// v1) is served on `grpc`; the HTTP formats ([`crate::http::routes`]) and
+/// `/healthz`, `/readyz`, `/metrics` on `http`. On shutdown, health turns
 /// NOT_SERVING and `/readyz` 503 first, then new connections are refused,
 /// open PublishStreams are acknowledged up to what was read and closed, and
 /// in-flight calls finish, for at most `settings.drain_grace`. The HTTP side
@@ -40,7 +41,22 @@ pub async fn run(
     settings: IngestSettings,
     shutdown: Shutdown,
 ) -> Result<(), IngestError> {
+    let accept = Accept::new(bus, &settings, shutdown.clone())?;
+    run_with(accept, grpc, http, settings, shutdown).await
+}
+
+/// [`run`] over an accept path built by the caller, which may also serve
+/// [`crate::http::routes`] of the same `accept` elsewhere (kpi-stack does, on
+/// the gateway's port), so tokens and rates are shared.
+pub async fn run_with(
+    accept: Accept,
+    grpc: TcpListener,
+    http: TcpListener,
+    settings: IngestSettings,
+    shutdown: Shutdown,
+) -> Result<(), IngestError> {
     settings.validate()?;
+    let bus = accept.bus().clone();
     // Install the recorder before the first event is counted, or early
     // counts would go to the no-op recorder.
     let _ = kpi_service::telemetry::prometheus();
@@ -58,9 +74,14 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let ingest = IngestServer::new(IngestService::new(bus.clone(), &settings, shutdown.clone()))
+    let auth = BearerAuth::new(accept.clone());
+    let ingest = IngestServer::new(IngestService::new(accept.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let ingest = InterceptedService::new(ingest, BearerAuth::new(publisher_tokens(&settings)?));
+    let ingest = InterceptedService::new(ingest, auth.clone());
+    let otlp = MetricsServiceServer::new(crate::otlp::OtlpMetrics::new(accept.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let otlp = InterceptedService::new(otlp, auth);
     let mut builder = tonic::transport::Server::builder();
     if let Some(files) = &settings.tls {
         builder = builder
@@ -99,15 +120,19 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ingest)
+        .add_service(otlp)
         .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), drain);
 
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut http_server = tokio::spawn(
-        axum::serve(http, ops_router(readiness.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = http_stopped.await;
-            })
-            .into_future(),
+        axum::serve(
+            http,
+            crate::http::routes(accept).merge(ops_router(readiness.clone())),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = http_stopped.await;
+        })
+        .into_future(),
     );
 
     readiness.set_serving(true);
@@ -135,27 +160,22 @@ pub async fn run(
     outcome
 }
 
-/// Checks `authorization: Bearer <token>` on Ingest calls when tokens are
-/// configured, and hands the matching [`Publisher`] to the service (as a
-/// request extension) so it can check each event's KPI and the rate.
+/// Checks `authorization: Bearer <token>` on Ingest and OTLP calls when
+/// tokens are configured, and hands the matching [`Publisher`] to the service
+/// (as a request extension) so it can check each event's KPI and the rate.
 #[derive(Clone)]
 pub struct BearerAuth {
-    tokens: Option<Arc<PublisherTokens>>,
+    accept: Accept,
 }
 
 impl BearerAuth {
-    pub fn new(tokens: Option<PublisherTokens>) -> Self {
-        BearerAuth {
-            tokens: tokens.map(Arc::new),
-        }
+    pub fn new(accept: Accept) -> Self {
+        BearerAuth { accept }
     }
 }
 
 impl tonic::service::Interceptor for BearerAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(tokens) = &self.tokens else {
-            return Ok(request);
-        };
         let presented = request
             .metadata()
             .get("authorization")
@@ -167,55 +187,15 @@ impl tonic::service::Interceptor for BearerAuth {
                     .then_some(token.trim())
             });
         let remote = request.remote_addr().map(|a| a.ip().to_string());
-        match presented.map(|t| tokens.find(t)) {
-            Some(Some(publisher)) => {
+        match self.accept.authenticate(presented, remote.as_deref()) {
+            Ok(Some(publisher)) => {
                 request.extensions_mut().insert(publisher);
                 Ok(request)
             }
-            Some(None) => {
-                audit_denied("publish", "bad_token", None, remote.as_deref());
-                Err(Status::unauthenticated("invalid bearer token"))
-            }
-            None => {
-                audit_denied("publish", "token_missing", None, remote.as_deref());
-                Err(Status::unauthenticated(
-                    "missing bearer token: send `authorization: Bearer <token>`",
-                ))
-            }
+            Ok(None) => Ok(request),
+            Err(r) => Err(crate::service::refusal_status(&r)),
         }
     }
-}
-
-/// One `kpistream::audit` record of a refused publisher call (never the token).
-pub(crate) fn audit_denied(
-    action: &str,
-    reason: &str,
-    subject: Option<&str>,
-    remote: Option<&str>,
-) {
-    tracing::warn!(
-        target: "kpistream::audit",
-        action,
-        outcome = "denied",
-        reason,
-        subject = subject.unwrap_or(""),
-        kpi = "",
-        remote_ip = remote.unwrap_or(""),
-        "publisher refused"
-    );
-}
-
-/// The tokens of `--publisher-token` and `--publisher-tokens-file`; `None` when neither is set.
-fn publisher_tokens(s: &IngestSettings) -> Result<Option<PublisherTokens>, IngestError> {
-    let rate = s.max_publishes_per_token_per_sec;
-    let mut all = PublisherTokens::default();
-    if let Some(t) = &s.publisher_token {
-        all.extend(PublisherTokens::single(t, rate));
-    }
-    if let Some(path) = &s.publisher_tokens_file {
-        all.extend(PublisherTokens::load(path, rate)?);
-    }
-    Ok((!all.is_empty()).then_some(all))
 }
 
 /// The rustls configuration for `--tls-cert`, `--tls-key` and `--tls-client-ca`.

@@ -1,25 +1,18 @@
-//! The `kpi.v1.Ingest` service: validate each event, store it durably, then acknowledge it.
+//! The `kpi.v1.Ingest` service: gRPC's shape around the shared accept path.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use chrono::{DateTime, Utc};
 use futures::stream::{FuturesOrdered, StreamExt};
-use kpi_bus::{Appended, Bus};
-use kpi_core::EventRecord;
 use kpi_proto::v1::ingest_server::Ingest;
 use kpi_proto::v1::{
     Event, EventResult, PublishAck, PublishRequest, PublishResponse, Status as EventStatus,
 };
-use kpi_service::Shutdown;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::config::IngestSettings;
-use crate::metrics;
+use crate::accept::{Accept, Outcome, Refusal, Tally};
 use crate::publishers::Publisher;
-use crate::validate;
 
 /// Acks waiting for the client to read them, per stream. Small on purpose:
 /// once it is full the stream stops storing and reading, which is the
@@ -28,137 +21,48 @@ const ACK_BUFFER: usize = 64;
 /// Reasons quoted in a whole-batch error; the per-event results carry all of them.
 const REASONS_IN_ERROR: usize = 10;
 
-/// The Ingest service over a bus. Cheap to clone.
+/// The Ingest service over the shared accept path. Cheap to clone.
 #[derive(Clone)]
 pub struct IngestService {
-    inner: Arc<Inner>,
+    accept: Accept,
 }
 
-struct Inner {
-    bus: Bus,
-    max_future_secs: i64,
-    max_batch: usize,
-    max_in_flight: usize,
-    shutdown: Shutdown,
-}
-
-/// What happened to one event, before it is shaped as a batch result or a stream ack.
-#[derive(Debug)]
-struct Outcome {
-    event_id: String,
-    status: EventStatus,
-    reason: String,
-    seq: u64,
-}
-
-impl Outcome {
-    fn into_result(self, index: usize) -> EventResult {
-        EventResult {
-            index: u32::try_from(index).unwrap_or(u32::MAX),
-            event_id: self.event_id,
-            status: self.status.into(),
-            reason: self.reason,
-            seq: self.seq,
-        }
+fn into_result(o: Outcome, index: usize) -> EventResult {
+    EventResult {
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        event_id: o.event_id,
+        status: o.status.into(),
+        reason: o.reason,
+        seq: o.seq,
     }
+}
 
-    fn into_ack(self, index: u64) -> PublishAck {
-        PublishAck {
-            index,
-            event_id: self.event_id,
-            status: self.status.into(),
-            reason: self.reason,
-            seq: self.seq,
-        }
+fn into_ack(o: Outcome, index: u64) -> PublishAck {
+    PublishAck {
+        index,
+        event_id: o.event_id,
+        status: o.status.into(),
+        reason: o.reason,
+        seq: o.seq,
     }
 }
 
 impl IngestService {
-    /// `shutdown` ends open PublishStream calls when the server drains, so
-    /// that a long-lived stream cannot hold the process up.
-    pub fn new(bus: Bus, settings: &IngestSettings, shutdown: Shutdown) -> Self {
-        IngestService {
-            inner: Arc::new(Inner {
-                bus,
-                max_future_secs: settings.max_future_secs,
-                max_batch: settings.max_batch.max(1),
-                max_in_flight: settings.max_in_flight.max(1),
-                shutdown,
-            }),
-        }
+    /// The accept's shutdown ends open PublishStream calls when the server
+    /// drains, so that a long-lived stream cannot hold the process up.
+    pub fn new(accept: Accept) -> Self {
+        IngestService { accept }
     }
 }
 
-impl Inner {
-    fn check(
-        &self,
-        ev: Event,
-        now: DateTime<Utc>,
-        publisher: Option<&Publisher>,
-    ) -> Result<EventRecord, Outcome> {
-        let sent_id = ev.event_id.clone();
-        let record = validate::to_record(ev, now, self.max_future_secs).map_err(|why| {
-            metrics::event(metrics::RESULT_INVALID);
-            tracing::debug!(event_id = %sent_id, reason = %why, "event refused");
-            Outcome {
-                event_id: sent_id,
-                status: EventStatus::Invalid,
-                reason: why.to_string(),
-                seq: 0,
-            }
-        })?;
-        if let Some(p) = publisher {
-            if !p.may_publish(&record.kpi) {
-                metrics::event(metrics::RESULT_INVALID);
-                crate::server::audit_denied("publish", "forbidden_kpi", Some(p.label()), None);
-                return Err(Outcome {
-                    event_id: record.event_id,
-                    status: EventStatus::Invalid,
-                    reason: format!("{PERMISSION_DENIED}: token may not publish {}", record.kpi),
-                    seq: 0,
-                });
-            }
-        }
-        Ok(record)
-    }
-
-    async fn store(&self, record: EventRecord) -> Outcome {
-        let started = Instant::now();
-        let result = self.bus.append_event(&record).await;
-        metrics::store_time(started.elapsed());
-        match result {
-            Ok(Appended { seq, duplicate }) => {
-                let (status, label) = if duplicate {
-                    (EventStatus::Duplicate, metrics::RESULT_DUPLICATE)
-                } else {
-                    (EventStatus::Stored, metrics::RESULT_STORED)
-                };
-                metrics::event(label);
-                Outcome {
-                    event_id: record.event_id,
-                    status,
-                    reason: String::new(),
-                    seq,
-                }
-            }
-            Err(e) => {
-                metrics::event(metrics::RESULT_UNAVAILABLE);
-                tracing::warn!(event_id = %record.event_id, kpi = %record.kpi, error = %e, "storing event failed");
-                Outcome {
-                    event_id: record.event_id,
-                    status: EventStatus::Unavailable,
-                    reason: e.to_string(),
-                    seq: 0,
-                }
-            }
-        }
-    }
-
-    async fn handle(&self, ev: Event, publisher: Option<&Publisher>) -> Outcome {
-        match self.check(ev, Utc::now(), publisher) {
-            Ok(record) => self.store(record).await,
-            Err(refused) => refused,
-        }
+/// A whole-call refusal as gRPC says it.
+pub(crate) fn refusal_status(r: &Refusal) -> Status {
+    let msg = r.to_string();
+    match r {
+        Refusal::TokenMissing | Refusal::TokenInvalid => Status::unauthenticated(msg),
+        Refusal::RateLimited => Status::resource_exhausted(msg),
+        Refusal::TooMany { .. } => Status::invalid_argument(msg),
+        Refusal::BusDown => Status::unavailable(msg),
     }
 }
 
@@ -168,83 +72,31 @@ impl Ingest for IngestService {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
-        let inner = &*self.inner;
         let publisher = request.extensions().get::<Publisher>().cloned();
         let events = request.into_inner().events;
-        let total = events.len();
-        if let Some(p) = &publisher {
-            if !p.try_take(total) {
-                crate::server::audit_denied("publish", "rate_limited", Some(p.label()), None);
-                return Err(rate_limited());
-            }
-        }
-        if total > inner.max_batch {
-            return Err(Status::invalid_argument(format!(
-                "batch of {total} events is larger than the limit of {}; split it",
-                inner.max_batch
-            )));
-        }
-
-        // One clock reading for the batch, so its events are judged alike.
-        let now = Utc::now();
-        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(total);
-        let mut valid = Vec::new();
-        for (index, ev) in events.into_iter().enumerate() {
-            match inner.check(ev, now, publisher.as_ref()) {
-                Ok(record) => {
-                    outcomes.push(None);
-                    valid.push((index, record));
-                }
-                Err(refused) => outcomes.push(Some(refused)),
-            }
-        }
-        let valid_count = valid.len();
-        let mut stored = futures::stream::iter(valid)
-            .map(|(index, record)| async move { (index, inner.store(record).await) })
-            .buffer_unordered(inner.max_in_flight);
-        while let Some((index, outcome)) = stored.next().await {
-            if let Some(slot) = outcomes.get_mut(index) {
-                *slot = Some(outcome);
-            }
-        }
-
-        let outcomes: Vec<Outcome> = outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| Outcome {
-                    event_id: String::new(),
-                    status: EventStatus::Unavailable,
-                    reason: "not stored".into(),
-                    seq: 0,
-                })
-            })
-            .collect();
-        let count = |s: EventStatus| outcomes.iter().filter(|o| o.status == s).count();
-        let accepted = count(EventStatus::Stored);
-        let duplicates = count(EventStatus::Duplicate);
-        let unavailable = count(EventStatus::Unavailable);
-
-        let denied = outcomes
-            .iter()
-            .filter(|o| o.reason.starts_with(PERMISSION_DENIED))
-            .count();
-        if total > 0 && denied == total {
+        let outcomes = self
+            .accept
+            .publish(events.into_iter().map(Ok).collect(), publisher.as_ref())
+            .await
+            .map_err(|r| refusal_status(&r))?;
+        let tally = Tally::of(&outcomes);
+        if tally.all_denied() {
             return Err(Status::permission_denied(summary(
                 "this token may not publish these KPIs",
                 &outcomes,
                 EventStatus::Invalid,
             )));
         }
-        if total > 0 && valid_count == 0 {
+        if tally.all_refused() {
             return Err(Status::invalid_argument(summary(
                 "every event was refused",
                 &outcomes,
                 EventStatus::Invalid,
             )));
         }
-        if valid_count > 0 && unavailable == valid_count {
+        if tally.all_unknown() {
             return Err(Status::unavailable(summary(
-                "no event could be stored; retry with the same event_ids",
+                "outcome unknown: the bus did not confirm these events, some may be stored; retry with the same event_ids, each counts once",
                 &outcomes,
                 EventStatus::Unavailable,
             )));
@@ -252,13 +104,13 @@ impl Ingest for IngestService {
 
         let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Ok(Response::new(PublishResponse {
-            accepted: to_u32(accepted),
-            duplicates: to_u32(duplicates),
-            refused: to_u32(total - accepted - duplicates),
+            accepted: to_u32(tally.stored),
+            duplicates: to_u32(tally.duplicates),
+            refused: to_u32(tally.refused + tally.unavailable),
             results: outcomes
                 .into_iter()
                 .enumerate()
-                .map(|(index, o)| o.into_result(index))
+                .map(|(index, o)| into_result(o, index))
                 .collect(),
         }))
     }
@@ -270,12 +122,14 @@ impl Ingest for IngestService {
         request: Request<Streaming<Event>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let (tx, rx) = mpsc::channel(ACK_BUFFER);
-        let inner = self.inner.clone();
         let publisher = request.extensions().get::<Publisher>().cloned();
         // Tracked by the shutdown's task tracker, so a drain waits for it.
-        self.inner
-            .shutdown
-            .spawn(ack_stream(inner, request.into_inner(), tx, publisher));
+        self.accept.shutdown().spawn(ack_stream(
+            Arc::new(self.accept.clone()),
+            request.into_inner(),
+            tx,
+            publisher,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -288,7 +142,7 @@ impl Ingest for IngestService {
 /// reading, acknowledges what it has read, and ends the stream UNAVAILABLE so
 /// the publisher resends the rest elsewhere.
 async fn ack_stream(
-    inner: Arc<Inner>,
+    accept: Arc<Accept>,
     mut input: Streaming<Event>,
     tx: mpsc::Sender<Result<PublishAck, Status>>,
     publisher: Option<Publisher>,
@@ -301,7 +155,7 @@ async fn ack_stream(
         if !reading && pending.is_empty() {
             break;
         }
-        let room = pending.len() < inner.max_in_flight;
+        let room = pending.len() < accept.max_in_flight();
         tokio::select! {
             // Acks first: each one frees room for another event.
             biased;
@@ -311,29 +165,30 @@ async fn ack_stream(
                     return;
                 }
             }
-            () = inner.shutdown.recv(), if reading => {
+            () = accept.shutdown().recv(), if reading => {
                 reading = false;
                 ending = Some(Status::unavailable(
                     "server is draining; events after the last ack were not read, reconnect and send them again",
                 ));
             }
             msg = input.message(), if reading && room => match msg {
-                Ok(Some(_)) if publisher.as_ref().is_some_and(|p| !p.try_take(1)) => {
+                Ok(Some(ev)) => match accept.take_rate(publisher.as_ref(), 1) {
                     // Acks go out for what was read; the publisher backs off
                     // and resends the rest.
-                    if let Some(p) = &publisher {
-                        crate::server::audit_denied("publish", "rate_limited", Some(p.label()), None);
+                    Err(r) => {
+                        reading = false;
+                        ending = Some(refusal_status(&r));
                     }
-                    reading = false;
-                    ending = Some(rate_limited());
-                }
-                Ok(Some(ev)) => {
-                    let index = next_index;
-                    next_index += 1;
-                    let inner = inner.clone();
-                    let publisher = publisher.clone();
-                    pending.push_back(async move { inner.handle(ev, publisher.as_ref()).await.into_ack(index) });
-                }
+                    Ok(()) => {
+                        let index = next_index;
+                        next_index += 1;
+                        let accept = accept.clone();
+                        let publisher = publisher.clone();
+                        pending.push_back(async move {
+                            into_ack(accept.publish_one(ev, publisher.as_ref()).await, index)
+                        });
+                    }
+                },
                 Ok(None) => reading = false,
                 Err(status) => {
                     tracing::debug!(%status, "publish stream ended by an error");
@@ -348,17 +203,8 @@ async fn ack_stream(
     }
 }
 
-/// How a refused event's reason starts when its token may not publish the KPI.
-const PERMISSION_DENIED: &str = "permission denied";
-
-fn rate_limited() -> Status {
-    Status::resource_exhausted(
-        "rate_limited: this token publishes faster than allowed; slow down and resend what was not acknowledged",
-    )
-}
-
 /// `"<headline>: [0] reason; [3] reason; ... and N more"`, for a whole-call error.
-fn summary(headline: &str, outcomes: &[Outcome], status: EventStatus) -> String {
+pub(crate) fn summary(headline: &str, outcomes: &[Outcome], status: EventStatus) -> String {
     let matching: Vec<String> = outcomes
         .iter()
         .enumerate()

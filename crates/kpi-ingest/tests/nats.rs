@@ -8,8 +8,8 @@ use kpi_ingest::IngestSettings;
 use kpi_proto::v1::{PublishRequest, Status as EventStatus};
 use kpi_test_support::NatsServer;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jetstream_stores_a_repeated_event_id_once() {
+/// A nats-server and an ingest server on it.
+async fn on_nats() -> (NatsServer, Harness) {
     let nats = tokio::task::spawn_blocking(NatsServer::start)
         .await
         .expect("nats-server starts");
@@ -17,6 +17,12 @@ async fn jetstream_stores_a_repeated_event_id_once() {
         .await
         .expect("connect to NATS");
     let h = Harness::start_on(bus, IngestSettings::default()).await;
+    (nats, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_stores_a_repeated_event_id_once() {
+    let (nats, h) = on_nats().await;
     let mut client = h.client().await;
 
     let publish = |id: &str| PublishRequest {
@@ -68,4 +74,29 @@ async fn jetstream_stores_a_repeated_event_id_once() {
     assert_eq!(status, 200);
     h.shutdown.trigger();
     drop(nats);
+}
+
+/// With NATS gone mid-flight the store may still have happened (the client
+/// library resends its buffer on reconnect), so the answer must not claim
+/// that nothing was stored: it says the outcome is unknown and how to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_timeout_says_the_outcome_is_unknown_and_to_retry_with_the_same_ids() {
+    let (mut nats, h) = on_nats().await;
+    let mut client = h.client().await;
+    nats.kill();
+
+    let refused = client
+        .publish(PublishRequest {
+            events: vec![event("t-1", "timeout_kpi", 1.0)],
+        })
+        .await
+        .expect_err("nothing confirmed");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    let msg = refused.message();
+    assert!(
+        msg.contains("outcome unknown") && msg.contains("retry with the same event_id"),
+        "{msg}"
+    );
+    assert!(!msg.contains("no event could be stored"), "{msg}");
+    h.shutdown.trigger();
 }
