@@ -36,4 +36,4 @@ mod ws_upgrade;
 
 pub use config::{Cli, GatewaySettings};
 pub use error::GatewayError;
-pub use server::run;
+pub use server::{run, run_with_routes};

@@ -53,6 +53,18 @@ pub async fn run(
     settings: GatewaySettings,
     shutdown: Shutdown,
 ) -> Result<(), GatewayError> {
+    run_with_routes(listener, bus, settings, Router::new(), shutdown).await
+}
+
+/// [`run`], also serving `extra` routes on the same port (kpi-stack puts
+/// ingest's HTTP formats there). They pass none of the gateway's admission.
+pub async fn run_with_routes(
+    listener: TcpListener,
+    bus: Bus,
+    settings: GatewaySettings,
+    extra: Router,
+    shutdown: Shutdown,
+) -> Result<(), GatewayError> {
     settings.validate()?;
     // Installs the recorder before the first metric is touched.
     let _ = kpi_service::telemetry::prometheus();
@@ -102,7 +114,7 @@ pub async fn run(
         shutdown: drain.clone(),
         security,
     };
-    let app = router(state, readiness.clone());
+    let app = router(state, readiness.clone()).merge(extra);
     let local = listener.local_addr()?;
     let stop = drain.clone();
     let not_ready = readiness.clone();

@@ -100,3 +100,41 @@ async fn a_bus_timeout_says_the_outcome_is_unknown_and_to_retry_with_the_same_id
     assert!(!msg.contains("no event could be stored"), "{msg}");
     h.shutdown.trigger();
 }
+
+/// While the bus is down, every HTTP format refuses whole with 503 and
+/// `Retry-After` before storing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_formats_answer_503_with_retry_after_while_the_bus_is_down() {
+    let (mut nats, h) = on_nats().await;
+    nats.kill();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while h.bus.is_connected() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bus never noticed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for (path, ct, body) in [
+        ("/v1/events", "application/json", r#"{"kpi":"k","value":1}"#),
+        ("/api/v2/write", "text/plain", "k value=1 1"),
+        ("/v1/metrics", "application/json", "{}"),
+    ] {
+        let resp = reqwest::Client::new()
+            .post(h.http_url(path))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status().as_u16(), 503, "{path}");
+        assert_eq!(
+            resp.headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("5"),
+            "{path}"
+        );
+    }
+    h.shutdown.trigger();
+}

@@ -78,6 +78,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let gateway = kpi_gateway::GatewaySettings::default();
     let ingest = kpi_ingest::IngestSettings::default();
+    // One accept path for ingest's gRPC and the HTTP formats on the gateway's port.
+    let accept = kpi_ingest::Accept::new(bus.clone(), &ingest, shutdown.clone())?;
+    let ingest_routes = kpi_ingest::http::routes(accept.clone());
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn({
@@ -89,9 +92,9 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     tasks.spawn({
-        let (bus, sd) = (bus.clone(), shutdown.clone());
+        let sd = shutdown.clone();
         async move {
-            kpi_ingest::run(grpc_listener, ingest_http, bus, ingest, sd)
+            kpi_ingest::run_with(accept, grpc_listener, ingest_http, ingest, sd)
                 .await
                 .context("ingest")
         }
@@ -99,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
     tasks.spawn({
         let (bus, sd) = (bus.clone(), shutdown.clone());
         async move {
-            kpi_gateway::run(gateway_listener, bus, gateway, sd)
+            kpi_gateway::run_with_routes(gateway_listener, bus, gateway, ingest_routes, sd)
                 .await
                 .context("gateway")
         }
