@@ -19,6 +19,8 @@ pub struct Pipeline {
     pub aggregator: Service,
     pub gateway: Service,
     pub grpc: String,
+    /// Ingest's HTTP formats (JSON, line protocol, OTLP/HTTP) and its /metrics.
+    pub ingest_http: String,
     pub gateway_http: String,
     pub gateway_ws: String,
 }
@@ -68,6 +70,7 @@ impl Pipeline {
             aggregator,
             gateway,
             grpc: format!("http://127.0.0.1:{grpc}"),
+            ingest_http: format!("http://127.0.0.1:{ingest_http}"),
             gateway_http: format!("http://127.0.0.1:{gw}"),
             gateway_ws: format!("ws://127.0.0.1:{gw}"),
         }
