@@ -10,6 +10,7 @@
 
 mod clients;
 mod coordinator;
+mod formats;
 mod nats_ws;
 mod plain;
 mod procstat;
@@ -43,6 +44,8 @@ enum Cmd {
     NatsWs(LoadArgs),
     /// Runs kpistream, plain and nats-ws with the same load and writes a report with ratios.
     Compare(CompareArgs),
+    /// Ingest throughput per format (gRPC stream, JSON array, NDJSON, line protocol) in one run.
+    IngestFormats(formats::FormatArgs),
     /// The plain baseline server (child process of `plain`).
     #[command(hide = true)]
     ServePlain(plain::ServeArgs),
@@ -166,6 +169,7 @@ fn main() -> anyhow::Result<()> {
                 coordinator::run_one(&load, target).await
             }
             Cmd::Compare(a) => coordinator::compare(&a).await,
+            Cmd::IngestFormats(a) => formats::run(a).await,
             Cmd::ServePlain(a) => plain::serve(a).await,
             Cmd::Clients(a) => clients::run(a).await,
         }

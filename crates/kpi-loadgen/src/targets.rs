@@ -48,12 +48,12 @@ impl Target {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A binary of this workspace, next to the running loadgen.
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.parent().context("loadgen has no directory")?.join(name);
     anyhow::ensure!(
@@ -76,7 +76,7 @@ pub fn nats_server_bin() -> anyhow::Result<PathBuf> {
         .context("nats-server not found (apt-get install nats-server)")
 }
 
-fn spawn(dir: &Path, name: &str, mut cmd: Command) -> anyhow::Result<Child> {
+pub(crate) fn spawn(dir: &Path, name: &str, mut cmd: Command) -> anyhow::Result<Child> {
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     cmd.stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
@@ -85,7 +85,7 @@ fn spawn(dir: &Path, name: &str, mut cmd: Command) -> anyhow::Result<Child> {
     cmd.spawn().with_context(|| format!("starting {name}"))
 }
 
-fn pid(c: &Child) -> anyhow::Result<u32> {
+pub(crate) fn pid(c: &Child) -> anyhow::Result<u32> {
     c.id().context("child exited at once")
 }
 
@@ -130,7 +130,7 @@ async fn wait_tcp(port: u16, timeout: Duration) -> anyhow::Result<()> {
 }
 
 /// Starts nats-server from a config file; returns it and its client port.
-async fn start_nats(dir: &Path, extra: &str) -> anyhow::Result<(Child, u16)> {
+pub(crate) async fn start_nats(dir: &Path, extra: &str) -> anyhow::Result<(Child, u16)> {
     let port = free_port()?;
     let conf = dir.join("nats.conf");
     std::fs::write(

@@ -53,7 +53,9 @@ pub async fn run(
             msg = rx.recv() => match msg {
                 Some(Ok(msg)) => {
                     if json {
-                        println!("{msg}");
+                        if !emit(&format!("{msg}\n")) {
+                            return Ok(());
+                        }
                         continue;
                     }
                     if let Some(kpi) = msg.get("kpi").and_then(Value::as_str) {
@@ -66,13 +68,25 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         if !json {
-            drawn_lines = redraw(&kpis, &latest, drawn_lines);
+            match redraw(&kpis, &latest, drawn_lines) {
+                Some(n) => drawn_lines = n,
+                // The reader went away (`| head`): done, quietly.
+                None => return Ok(()),
+            }
         }
     }
 }
 
-/// Redraws the table over the previous one (ANSI: cursor up, clear to end).
-fn redraw(kpis: &[KpiCode], latest: &BTreeMap<String, Value>, previous: usize) -> usize {
+/// Writes to stdout; false once nobody reads it any more.
+fn emit(text: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).is_ok() && out.flush().is_ok()
+}
+
+/// Redraws the table over the previous one (ANSI: cursor up, clear to end);
+/// the lines drawn, or `None` when stdout is gone.
+fn redraw(kpis: &[KpiCode], latest: &BTreeMap<String, Value>, previous: usize) -> Option<usize> {
     let mut out = String::new();
     if previous > 0 {
         out.push_str(&format!("\x1b[{previous}A\x1b[J"));
@@ -85,10 +99,7 @@ fn redraw(kpis: &[KpiCode], latest: &BTreeMap<String, Value>, previous: usize) -
         }
         out.push('\n');
     }
-    print!("{out}");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    kpis.len()
+    emit(&out).then_some(kpis.len())
 }
 
 /// `kpi  period  value  change  age` for one message.
