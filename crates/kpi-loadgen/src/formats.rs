@@ -7,7 +7,7 @@
 //! are held against: every format ends in the same accept path and the same
 //! JetStream store, so the difference is the decoding and the HTTP framing.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -16,7 +16,7 @@ use kpi_proto::v1::{Event, Status};
 use serde::Serialize;
 
 use crate::procstat;
-use crate::targets::{free_port, pid, sibling, spawn, start_nats, wait_http_ok};
+use crate::targets::{pid, start_nats_and_ingest};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FormatArgs {
@@ -56,24 +56,9 @@ pub async fn run(a: FormatArgs) -> anyhow::Result<()> {
         "all counts must be positive"
     );
     let dir = tempfile::Builder::new().prefix("kpi-formats-").tempdir()?;
-    let store = dir.path().join("js");
-    let (nats, nats_port) = start_nats(
-        dir.path(),
-        &format!(
-            "jetstream {{ store_dir: {:?} }}",
-            store.display().to_string()
-        ),
-    )
-    .await?;
-    let (grpc, http) = (free_port()?, free_port()?);
-    let mut cmd = tokio::process::Command::new(sibling("kpi-ingest")?);
-    cmd.args(["--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-listen", &format!("127.0.0.1:{http}")])
-        .env("NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
-        .env("RUST_LOG", "warn");
-    let ingest = spawn(dir.path(), "kpi-ingest", cmd)?;
-    wait_http_ok(http, "/readyz", Duration::from_secs(30)).await?;
-    let (ingest_pid, nats_pid) = (pid(&ingest)?, pid(&nats)?);
+    let ni = start_nats_and_ingest(dir.path(), &[("RUST_LOG", "warn")]).await?;
+    let (grpc, http) = (ni.grpc, ni.http);
+    let (ingest_pid, nats_pid) = (pid(&ni.ingest)?, pid(&ni.nats)?);
 
     let base = format!("http://127.0.0.1:{http}");
     let http_client = reqwest::Client::new();
@@ -132,8 +117,7 @@ pub async fn run(a: FormatArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(out)?;
         std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
     }
-    drop(ingest);
-    drop(nats);
+    drop(ni);
     Ok(())
 }
 

@@ -129,6 +129,48 @@ async fn wait_tcp(port: u16, timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// nats-server with JetStream and a ready kpi-ingest on it.
+pub(crate) struct NatsIngest {
+    pub nats: Child,
+    pub nats_url: String,
+    pub ingest: Child,
+    /// Ingest's gRPC and HTTP ports.
+    pub grpc: u16,
+    pub http: u16,
+}
+
+/// Starts nats-server (JetStream stored under `dir`) and kpi-ingest with `env`.
+pub(crate) async fn start_nats_and_ingest(
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<NatsIngest> {
+    let store = dir.join("js");
+    let (nats, nats_port) = start_nats(
+        dir,
+        &format!(
+            "jetstream {{ store_dir: {:?} }}",
+            store.display().to_string()
+        ),
+    )
+    .await?;
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let (grpc, http) = (free_port()?, free_port()?);
+    let mut cmd = Command::new(sibling("kpi-ingest")?);
+    cmd.args(["--listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .env("NATS_URL", &nats_url)
+        .envs(env.iter().copied());
+    let ingest = spawn(dir, "kpi-ingest", cmd)?;
+    wait_http_ok(http, "/readyz", Duration::from_secs(30)).await?;
+    Ok(NatsIngest {
+        nats,
+        nats_url,
+        ingest,
+        grpc,
+        http,
+    })
+}
+
 /// Starts nats-server from a config file; returns it and its client port.
 pub(crate) async fn start_nats(dir: &Path, extra: &str) -> anyhow::Result<(Child, u16)> {
     let port = free_port()?;
@@ -199,27 +241,12 @@ pub async fn kpistream(load: &LoadArgs, s: &StackArgs) -> anyhow::Result<Target>
         });
     }
     anyhow::ensure!(s.stack == "split", "--stack is split or single");
-    let store = dir.path().join("js");
-    let (nats, nats_port) = start_nats(
-        dir.path(),
-        &format!(
-            "jetstream {{ store_dir: {:?} }}",
-            store.display().to_string()
-        ),
-    )
-    .await?;
-    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let ni = start_nats_and_ingest(dir.path(), &quiet).await?;
+    let nats_url = ni.nats_url.clone();
     let env = [("NATS_URL", nats_url.as_str()), quiet[0], quiet[1]];
-    let mut children = vec![nats];
-    let mut all = vec![pid(&children[0])?];
-
-    let (grpc, ingest_http) = (free_port()?, free_port()?);
-    let mut cmd = Command::new(sibling("kpi-ingest")?);
-    cmd.args(["--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-listen", &format!("127.0.0.1:{ingest_http}")])
-        .envs(env);
-    children.push(spawn(dir.path(), "kpi-ingest", cmd)?);
-    wait_http_ok(ingest_http, "/readyz", Duration::from_secs(30)).await?;
+    let grpc = ni.grpc;
+    let mut all = vec![pid(&ni.nats)?];
+    let mut children = vec![ni.nats, ni.ingest];
 
     let agg_http = free_port()?;
     let mut cmd = Command::new(sibling("kpi-aggregator")?);
