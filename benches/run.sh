@@ -38,6 +38,11 @@ done
 $LG kpistream --connections 3000 --kpis 3000 --rate 0.33 --duration 20 --warmup 3 \
     --out "$OUT/f-3k-kpis" > /dev/null
 
+# Ingest throughput per format, one run: gRPC PublishStream (the baseline),
+# JSON array, NDJSON and InfluxDB line protocol into one kpi-ingest on NATS.
+$LG ingest-formats --events 100000 --batch 1000 --concurrency 4 \
+    --out "$OUT/g-ingest-formats" > "$OUT/g-ingest-formats.md"
+
 # Micro-benchmarks of the hot paths.
 cargo bench -p kpi-aggregator --bench apply
 cargo bench -p kpi-gateway --bench fanout

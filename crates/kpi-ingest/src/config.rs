@@ -245,6 +245,7 @@ mod tests {
             &["--replicas", "6"],
             &["--max-batch", "0"],
             &["--max-in-flight", "0"],
+            &["--max-body-bytes", "0"],
             &["--max-future-secs=-1"],
             &["--duplicate-window-secs", "0"],
             &["--publisher-token", "has space"],
