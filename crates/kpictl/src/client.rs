@@ -109,10 +109,19 @@ impl Client {
             return Ok(resp);
         }
         let body = resp.text().await.unwrap_or_default();
-        let detail = serde_json::from_str::<Value>(&body)
-            .ok()
+        let parsed = serde_json::from_str::<Value>(&body).ok();
+        let mut detail = parsed
+            .as_ref()
             .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
             .unwrap_or_else(|| body.chars().take(200).collect());
+        // A refused batch names why its first event was refused.
+        if let Some(reason) = parsed
+            .as_ref()
+            .and_then(|v| v["results"][0]["reason"].as_str())
+            .filter(|r| !r.is_empty())
+        {
+            detail = format!("{detail}: {reason}");
+        }
         let message = match status.as_u16() {
             401 => format!(
                 "{} refused the token (401 unauthorized): {detail}; set KPI_TOKEN",

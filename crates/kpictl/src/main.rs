@@ -140,6 +140,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let value = value.ok_or_else(|| {
                 Failure::usage("publish needs a value: kpictl publish <kpi> <value>")
             })?;
+            if !value.is_finite() {
+                return Err(Failure::usage(format!(
+                    "value {value} is not a finite number"
+                )));
+            }
             let mut event = serde_json::json!({"kpi": kpi.as_str(), "value": value});
             if let Some(t) = time {
                 chrono::DateTime::parse_from_rfc3339(&t)
