@@ -62,17 +62,16 @@ pub async fn export(
         .publish_all(items, publisher)
         .await
         .map_err(ExportError::Refused)?;
-    {
-        for o in outcomes {
-            tally.add(&o);
-            if matches!(o.status, EventStatus::Invalid) {
-                rejected += 1;
-                if reasons.len() < REASONS_QUOTED {
-                    reasons.push(o.reason);
-                }
-            } else if o.status == EventStatus::Unavailable {
-                return Err(ExportError::Unknown(o.reason));
+    for o in outcomes {
+        tally.add(&o);
+        if matches!(o.status, EventStatus::Invalid) {
+            rejected += 1;
+            if reasons.len() < REASONS_QUOTED {
+                reasons.push(o.reason);
             }
+        } else if o.status == EventStatus::Unavailable {
+            // The exporter retries the whole request; stored points count once.
+            return Err(ExportError::Unknown(o.reason));
         }
     }
     if tally.all_denied() {
