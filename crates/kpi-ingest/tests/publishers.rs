@@ -297,3 +297,62 @@ impl CollectAcks for tonic::Streaming<kpi_proto::v1::PublishAck> {
         out
     }
 }
+
+/// OTLP/gRPC on the gRPC port passes the same token check and KPI patterns as Ingest.
+#[tokio::test]
+async fn otlp_grpc_export_needs_a_token_that_may_publish_the_metric() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        metric::Data, number_data_point::Value, Gauge, Metric, NumberDataPoint, ResourceMetrics,
+        ScopeMetrics,
+    };
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = Harness::start_with(IngestSettings {
+        publisher_tokens_file: Some(tokens_file(&dir)),
+        ..Default::default()
+    })
+    .await;
+    let gauge = |name: &str| ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: name.into(),
+                    data: Some(Data::Gauge(Gauge {
+                        data_points: vec![NumberDataPoint {
+                            value: Some(Value::AsDouble(1.0)),
+                            time_unix_nano: 1_767_225_600_000_000_000,
+                            ..Default::default()
+                        }],
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let mut client = MetricsServiceClient::new(h.channel().await);
+    let err = client
+        .export(gauge("ops.disk"))
+        .await
+        .expect_err("no token");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let ok = client
+        .export(with(OPS, gauge("ops.disk")))
+        .await
+        .expect("ops may publish ops_disk")
+        .into_inner();
+    assert!(ok.partial_success.is_none(), "{ok:?}");
+    let err = client
+        .export(with(OPS, gauge("sales.eu")))
+        .await
+        .expect_err("ops may not publish sales_eu");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("token may not publish sales_eu"),
+        "{}",
+        err.message()
+    );
+}
