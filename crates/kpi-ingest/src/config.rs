@@ -33,7 +33,7 @@ pub struct Config {
     #[arg(long, env = "KPI_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
-    /// HTTP address for /metrics, /healthz and /readyz.
+    /// HTTP address: the HTTP ingest formats (/v1/events, /api/v2/write, /write, /v1/metrics), /metrics, /healthz and /readyz.
     #[arg(long, env = "KPI_HTTP_LISTEN", default_value = "0.0.0.0:9101")]
     pub http_listen: SocketAddr,
 
