@@ -7,9 +7,11 @@
 //! waits at most [`ATTEMPT`], and a failed leader read is followed by a
 //! direct get (`$JS.API.DIRECT.GET`, streams created with `allow_direct`),
 //! which any current replica answers. A value read from a replica may trail
-//! the leader by the replication delay; callers that need every stored
-//! message (a resume, history) get the latest value only, or an error, and
-//! never wait past the budget.
+//! the leader by the replication delay. Reading every stored message of a
+//! subject (a resume, history) needs a consumer, which only the leader
+//! creates: when that does not finish within the budget, a resume gets the
+//! latest value alone (its client then starts from a snapshot) and history
+//! an error, rather than a wait.
 
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{consumer, stream};
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout_at, Instant};
 
 use crate::BusError;
 
@@ -32,9 +34,10 @@ pub(crate) const CLIENT_READ: Duration = Duration::from_millis(1200);
 /// Reads of services at start-up or recovery (checkpoints, stored state,
 /// the feed's stall check), which may wait for an election rather than fail.
 pub(crate) const SERVICE_READ: Duration = Duration::from_secs(10);
-/// Reading a subject's stored messages through a consumer, once the leader
-/// has answered.
-const READBACK: Duration = Duration::from_secs(3);
+/// All of [`recent`]: the last message, then a consumer over the subject.
+const RECENT_READ: Duration = Duration::from_millis(1600);
+/// The part of [`RECENT_READ`] the last message may take.
+const RECENT_LAST: Duration = Duration::from_millis(1000);
 
 /// Who answered a read of the last message.
 pub(crate) enum Last {
@@ -130,55 +133,73 @@ pub(crate) enum WithoutLeader {
     Fail,
 }
 
-/// Up to `max` newest messages of one subject, oldest first. The streams keep
-/// a bounded number per subject, so reading them all is bounded too.
+/// Up to `max` newest messages of one subject, oldest first, within
+/// [`RECENT_READ`]. The streams keep a bounded number per subject, so
+/// reading them all is bounded too.
 pub(crate) async fn recent(
     s: &stream::Stream,
     subject: &str,
     max: usize,
     without_leader: WithoutLeader,
 ) -> Result<Vec<Bytes>, BusError> {
-    let last_seq = match last(s, subject, CLIENT_READ).await? {
+    let deadline = Instant::now() + RECENT_READ;
+    let latest = match last(s, subject, RECENT_LAST).await? {
         Last::Empty => return Ok(Vec::new()),
-        Last::Leader(m) => m.sequence,
-        Last::Replica(m) => {
-            return match without_leader {
-                WithoutLeader::LatestOnly => Ok(vec![m.payload]),
-                WithoutLeader::Fail => Err(BusError::Unavailable(format!(
-                    "reading {subject}: the stream has no leader (a new one is being elected)"
-                ))),
-            }
-        }
+        Last::Leader(m) => m,
+        Last::Replica(m) => return latest_only(subject, m.payload, without_leader),
     };
-    let consumer = timeout(
-        ATTEMPT * 3,
-        s.create_consumer(consumer::pull::OrderedConfig {
+    match timeout_at(deadline, through_consumer(s, subject, max, latest.sequence)).await {
+        Ok(Ok(all)) => Ok(all),
+        Ok(Err(e)) => {
+            tracing::debug!(%subject, error = %e, "stored messages not read back");
+            latest_only(subject, latest.payload, without_leader)
+        }
+        Err(_) => latest_only(subject, latest.payload, without_leader),
+    }
+}
+
+/// What [`recent`] answers when only the latest message could be read.
+fn latest_only(
+    subject: &str,
+    latest: Bytes,
+    without_leader: WithoutLeader,
+) -> Result<Vec<Bytes>, BusError> {
+    match without_leader {
+        WithoutLeader::LatestOnly => Ok(vec![latest]),
+        WithoutLeader::Fail => Err(BusError::Unavailable(format!(
+            "reading {subject}: the stream leader is not answering (a new one may be being elected)"
+        ))),
+    }
+}
+
+/// Every stored message of `subject` up to `last_seq` through an ordered
+/// consumer (which the stream leader creates), keeping the newest `max`.
+async fn through_consumer(
+    s: &stream::Stream,
+    subject: &str,
+    max: usize,
+    last_seq: u64,
+) -> Result<Vec<Bytes>, BusError> {
+    let consumer = s
+        .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: subject.to_string(),
             deliver_policy: consumer::DeliverPolicy::All,
             ..Default::default()
-        }),
-    )
-    .await
-    .map_err(|_| BusError::Unavailable(format!("reading {subject}: no consumer in time")))?
-    .map_err(BusError::unavailable)?;
-    let mut out = std::collections::VecDeque::new();
-    let read = async {
-        let mut messages = consumer.messages().await.map_err(BusError::unavailable)?;
-        while let Some(m) = messages.next().await {
-            let m = m.map_err(BusError::unavailable)?;
-            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(last_seq);
-            out.push_back(m.payload.clone());
-            if out.len() > max {
-                out.pop_front();
-            }
-            if seq >= last_seq {
-                break;
-            }
-        }
-        Ok::<(), BusError>(())
-    };
-    timeout(READBACK, read)
+        })
         .await
-        .map_err(|_| BusError::Unavailable(format!("reading {subject} timed out")))??;
+        .map_err(BusError::unavailable)?;
+    let mut out = std::collections::VecDeque::new();
+    let mut messages = consumer.messages().await.map_err(BusError::unavailable)?;
+    while let Some(m) = messages.next().await {
+        let m = m.map_err(BusError::unavailable)?;
+        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(last_seq);
+        out.push_back(m.payload.clone());
+        if out.len() > max {
+            out.pop_front();
+        }
+        if seq >= last_seq {
+            break;
+        }
+    }
     Ok(out.into())
 }
