@@ -9,10 +9,15 @@ use kpi_test_support::{try_http_get, ClusterSpec, LocalCluster};
 
 /// What a dashboard's initial load may take, node failure or not.
 const LOAD_WITHIN: Duration = Duration::from_secs(2);
-/// History needs a consumer the stream leader creates; the bus gives up on
-/// it after 1.6 s. The rest is slack for a loaded 2-core machine; an
-/// unbounded read waited 5 s per request, 10 s and more in all.
-const HISTORY_WITHIN: Duration = Duration::from_secs(5);
+/// History needs a consumer, which a cluster creates only with a stream and
+/// a meta leader; the bus gives up after 1.6 s and the gateway answers 503,
+/// which the balancer retries on the other gateway (`retry-on 503`,
+/// `retries 3`): up to four attempts, 6.4 s. Measured: 3.2 s at most. An
+/// unbounded read waited 5 s per request and attempt.
+const HISTORY_WITHIN: Duration = Duration::from_secs(8);
+/// Snapshot probes each node's failure must see at least (12 s of probing,
+/// fewer than the 100 ms pace allows when history probes are slow).
+const MIN_SNAPSHOT_PROBES: usize = 30;
 /// How long the probes run after each kill: past a stream leader election
 /// (nats-server 2.9: 4 to 9 s) and the client's reconnect.
 const PROBE_AFTER_KILL: Duration = Duration::from_secs(12);
@@ -138,7 +143,7 @@ async fn snapshots_answer_within_two_seconds_while_each_nats_node_dies_in_turn()
         cluster.all_logs()
     );
     assert!(
-        probes.iter().filter(|p| p.what == "snapshot").count() >= 3 * 50,
+        probes.iter().filter(|p| p.what == "snapshot").count() >= 3 * MIN_SNAPSHOT_PROBES,
         "too few probes ran: {}",
         probes.len()
     );
