@@ -189,19 +189,23 @@ impl Accept {
     pub fn authenticate(
         &self,
         presented: Option<&str>,
-        remote: Option<&str>,
+        remote_ip: Option<std::net::IpAddr>,
     ) -> Result<Option<Publisher>, Refusal> {
+        let who = kpi_service::Who {
+            subject: None,
+            remote_ip,
+        };
         let Some(tokens) = &self.inner.tokens else {
             return Ok(None);
         };
         match presented.map(|t| tokens.find(t)) {
             Some(Some(publisher)) => Ok(Some(publisher)),
             Some(None) => {
-                audit_denied("publish", "bad_token", None, remote);
+                crate::metrics::AUDIT.denied("publish", "bad_token", who, None);
                 Err(Refusal::TokenInvalid)
             }
             None => {
-                audit_denied("publish", "token_missing", None, remote);
+                crate::metrics::AUDIT.denied("publish", "token_missing", who, None);
                 Err(Refusal::TokenMissing)
             }
         }
@@ -211,7 +215,7 @@ impl Accept {
     pub fn take_rate(&self, publisher: Option<&Publisher>, events: usize) -> Result<(), Refusal> {
         match publisher {
             Some(p) if !p.try_take(events) => {
-                audit_denied("publish", "rate_limited", Some(p.label()), None);
+                crate::metrics::AUDIT.denied("publish", "rate_limited", p.audit_who(), None);
                 Err(Refusal::RateLimited)
             }
             _ => Ok(()),
@@ -318,7 +322,12 @@ impl Accept {
             })?;
         if let Some(p) = publisher {
             if !p.may_publish(&record.kpi) {
-                audit_denied("publish", "forbidden_kpi", Some(p.label()), None);
+                crate::metrics::AUDIT.denied(
+                    "publish",
+                    "forbidden_kpi",
+                    p.audit_who(),
+                    Some(record.kpi.as_str()),
+                );
                 return Err(Outcome::refused(
                     record.event_id,
                     format!("{PERMISSION_DENIED}: token may not publish {}", record.kpi),
@@ -359,25 +368,6 @@ impl Accept {
             }
         }
     }
-}
-
-/// One `kpistream::audit` record of a refused publisher call (never the token).
-pub(crate) fn audit_denied(
-    action: &str,
-    reason: &str,
-    subject: Option<&str>,
-    remote: Option<&str>,
-) {
-    tracing::warn!(
-        target: "kpistream::audit",
-        action,
-        outcome = "denied",
-        reason,
-        subject = subject.unwrap_or(""),
-        kpi = "",
-        remote_ip = remote.unwrap_or(""),
-        "publisher refused"
-    );
 }
 
 /// The tokens of `--publisher-token` and `--publisher-tokens-file`; `None` when neither is set.

@@ -24,7 +24,7 @@ pub mod service;
 pub mod validate;
 
 pub use accept::Accept;
-pub use config::{Config, ConfigError, IngestSettings, TlsFiles};
+pub use config::{Config, ConfigError, IngestArgs, IngestSettings, TlsFiles};
 pub use server::{run, run_with};
 pub use service::IngestService;
 

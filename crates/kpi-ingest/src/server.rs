@@ -138,19 +138,22 @@ pub async fn run_with(
     readiness.set_serving(true);
     tracing::info!(%grpc_addr, %http_addr, "kpi-ingest serving");
 
-    let grace = settings.drain_grace;
-    let outcome = tokio::select! {
-        r = grpc_server => r.map_err(IngestError::Grpc),
-        () = async { shutdown.recv().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(grace_secs = grace.as_secs(), "drain grace period over; leaving calls unfinished");
-            Ok(())
+    // The one drain: gRPC stops accepting on shutdown and finishes its
+    // calls, tracked stream tasks end, all within the grace period.
+    let serving = async {
+        tokio::select! {
+            r = grpc_server => r.map_err(IngestError::Grpc),
+            r = &mut http_server => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(IngestError::Http(e)),
+                Err(join) => Err(IngestError::Http(std::io::Error::other(join))),
+            },
         }
-        r = &mut http_server => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(IngestError::Http(e)),
-            Err(join) => Err(IngestError::Http(std::io::Error::other(join))),
-        },
     };
+    let outcome = kpi_service::drain(&shutdown, settings.drain_grace, serving)
+        .await
+        .output()
+        .unwrap_or(Ok(()));
     readiness.set_serving(false);
     let _ = http_stop.send(());
     if !http_server.is_finished() {
@@ -186,8 +189,8 @@ impl tonic::service::Interceptor for BearerAuth {
                     .eq_ignore_ascii_case("bearer")
                     .then_some(token.trim())
             });
-        let remote = request.remote_addr().map(|a| a.ip().to_string());
-        match self.accept.authenticate(presented, remote.as_deref()) {
+        let remote = request.remote_addr().map(|a| a.ip());
+        match self.accept.authenticate(presented, remote) {
             Ok(Some(publisher)) => {
                 request.extensions_mut().insert(publisher);
                 Ok(request)
