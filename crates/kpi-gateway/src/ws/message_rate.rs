@@ -1,4 +1,4 @@
-//! Inbound message rate limit per connection: a token bucket, and a wider one for abuse.
+//! Inbound message rate limit per WebSocket: a token bucket, and a wider one for abuse.
 
 use std::time::Instant;
 

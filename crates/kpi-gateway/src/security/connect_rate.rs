@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 const PRUNE_AT: usize = 10_000;
 
 #[derive(Clone)]
-pub struct IpRate {
+pub struct ConnectRate {
     inner: Option<Arc<Inner>>,
 }
 
@@ -25,15 +25,15 @@ struct Inner {
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
 }
 
-impl IpRate {
+impl ConnectRate {
     /// `per_sec` new connections per second per address, bursts of twice
     /// that; 0 turns the limit off.
     pub fn new(per_sec: u32) -> Self {
         if per_sec == 0 {
-            return IpRate { inner: None };
+            return ConnectRate { inner: None };
         }
         let rate = f64::from(per_sec);
-        IpRate {
+        ConnectRate {
             inner: Some(Arc::new(Inner {
                 rate,
                 burst: 2.0 * rate,
@@ -78,7 +78,7 @@ mod tests {
 
     #[test]
     fn bursts_then_limits_per_address_and_refills() {
-        let r = IpRate::new(2);
+        let r = ConnectRate::new(2);
         let (a, b): (IpAddr, IpAddr) = (
             "10.0.0.1".parse().expect("ip"),
             "10.0.0.2".parse().expect("ip"),
@@ -88,6 +88,6 @@ mod tests {
         assert!(!r.allow_at(a, t));
         assert!(r.allow_at(b, t));
         assert!(r.allow_at(a, t + Duration::from_secs(1)));
-        assert!(IpRate::new(0).allow_at(a, t));
+        assert!(ConnectRate::new(0).allow_at(a, t));
     }
 }
