@@ -14,11 +14,8 @@ use crate::{
     StoredEvent, SubInner, UpdateSubscription,
 };
 
-/// Live-subscriber buffer per topic; a subscriber further behind gets
-/// [`Live::Gap`] (and the gateway refills from the stored updates). Updates
-/// of one topic come at most once per coalescing interval, so a small
-/// buffer is plenty, and each subscribed topic costs only a few KiB.
-const LIVE_BUFFER: usize = 64;
+/// Live-subscriber buffer per topic; a subscriber further behind gets [`Live::Gap`].
+const LIVE_BUFFER: usize = 1024;
 /// Dedup entries are pruned when the table grows past this many.
 const DEDUP_PRUNE_AT: usize = 100_000;
 
