@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use kpi_core::Period;
+pub use kpi_service::ConfigError;
 
 /// How late (by ingest receive time, after the bucket's end) an event may
 /// still change its bucket, per period.
@@ -64,21 +65,33 @@ impl Default for AggregatorSettings {
 }
 
 impl AggregatorSettings {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.partitions == 0 || self.partitions > 1024 {
-            return Err("partitions must be between 1 and 1024".into());
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.partitions == 0 || self.partitions > kpi_service::bus_args::MAX_PARTITIONS {
+            return Err(ConfigError::new(
+                "--partitions",
+                format!(
+                    "must be between 1 and {}",
+                    kpi_service::bus_args::MAX_PARTITIONS
+                ),
+            ));
         }
         if self.replica_count == 0 || self.replica_index >= self.replica_count {
-            return Err(format!(
-                "replica index {} is not below replica count {}",
-                self.replica_index, self.replica_count
+            return Err(ConfigError::new(
+                "--replica-index",
+                format!(
+                    "replica index {} is not below replica count {}",
+                    self.replica_index, self.replica_count
+                ),
             ));
         }
         if self.replica_count > self.partitions {
-            return Err("more replicas than partitions: some would own nothing".into());
+            return Err(ConfigError::new(
+                "--replica-count",
+                "more replicas than partitions: some would own nothing",
+            ));
         }
         if self.checkpoint_interval.is_zero() {
-            return Err("checkpoint interval must be positive".into());
+            return Err(ConfigError::new("--checkpoint-ms", "must be positive"));
         }
         Ok(())
     }
@@ -91,7 +104,7 @@ impl AggregatorSettings {
     }
 }
 
-/// Command line of the `kpi-aggregator` binary.
+/// Command line of the `kpi-aggregator` binary: its listener and bus, then [`AggregatorArgs`].
 #[derive(Debug, clap::Parser)]
 #[command(name = "kpi-aggregator", version, about = "kpistream aggregator")]
 pub struct Cli {
@@ -104,6 +117,17 @@ pub struct Cli {
     /// Stream layout and retention, shared by every service.
     #[command(flatten)]
     pub bus: kpi_service::BusArgs,
+    /// Seconds to finish in-flight work after SIGTERM.
+    #[arg(long, env = "KPI_DRAIN_SECS", default_value_t = 10)]
+    pub drain_secs: u64,
+    #[command(flatten)]
+    pub aggregator: AggregatorArgs,
+}
+
+/// The aggregator's own flags, beyond its listener, bus and drain: what
+/// `kpi-stack` flattens into its command line too.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AggregatorArgs {
     /// This replica's index (a StatefulSet ordinal); `pod-name-3` style values are accepted.
     #[arg(long, env = "KPI_REPLICA_INDEX", default_value = "0")]
     pub replica_index: String,
@@ -123,16 +147,21 @@ pub struct Cli {
     /// Publish thresholds, e.g. `pending_approvals=2%,fx_*=0.01` (default: every change).
     #[arg(long, env = "KPI_THRESHOLDS", default_value = "")]
     pub thresholds: String,
-    /// Seconds to finish in-flight work after SIGTERM.
-    #[arg(long, env = "KPI_DRAIN_SECS", default_value_t = 10)]
-    pub drain_secs: u64,
 }
 
 impl Cli {
-    pub fn settings(&self) -> Result<AggregatorSettings, String> {
+    pub fn settings(&self) -> Result<AggregatorSettings, ConfigError> {
+        self.aggregator.settings(&self.bus)
+    }
+}
+
+impl AggregatorArgs {
+    /// The checked settings; the partition count comes from the bus layout.
+    pub fn settings(&self, bus: &kpi_service::BusArgs) -> Result<AggregatorSettings, ConfigError> {
         let s = AggregatorSettings {
-            partitions: self.bus.partitions,
-            replica_index: parse_ordinal(&self.replica_index)?,
+            partitions: bus.partitions,
+            replica_index: parse_ordinal(&self.replica_index)
+                .map_err(|e| ConfigError::new("--replica-index", e))?,
             replica_count: self.replica_count,
             coalesce: Duration::from_millis(self.coalesce_ms),
             checkpoint_interval: Duration::from_millis(self.checkpoint_ms),
@@ -141,7 +170,8 @@ impl Cli {
                 hour: Duration::from_secs(self.lateness_hour_secs),
                 day: Duration::from_secs(self.lateness_day_secs),
             },
-            thresholds: crate::threshold::ThresholdPolicy::parse(&self.thresholds)?,
+            thresholds: crate::threshold::ThresholdPolicy::parse(&self.thresholds)
+                .map_err(|e| ConfigError::new("--thresholds", e))?,
         };
         s.validate()?;
         Ok(s)

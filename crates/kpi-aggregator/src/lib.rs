@@ -13,6 +13,6 @@ pub mod state;
 pub mod threshold;
 pub mod worker;
 
-pub use config::{AggregatorSettings, Lateness};
+pub use config::{AggregatorArgs, AggregatorSettings, Lateness};
 pub use server::{run, AggregatorError};
 pub use threshold::ThresholdPolicy;

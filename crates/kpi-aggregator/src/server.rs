@@ -12,7 +12,7 @@ use crate::worker::Worker;
 #[derive(Debug, thiserror::Error)]
 pub enum AggregatorError {
     #[error("invalid settings: {0}")]
-    Settings(String),
+    Config(#[from] kpi_service::ConfigError),
     #[error(transparent)]
     Bus(#[from] kpi_bus::BusError),
     #[error("HTTP server failed: {0}")]
@@ -29,7 +29,7 @@ pub async fn run(
     settings: AggregatorSettings,
     shutdown: Shutdown,
 ) -> Result<(), AggregatorError> {
-    settings.validate().map_err(AggregatorError::Settings)?;
+    settings.validate()?;
     // Install the recorder before the first event is counted; counts made
     // before it exists are lost.
     let _ = kpi_service::telemetry::prometheus();

@@ -11,6 +11,7 @@ pub mod memory;
 pub mod nats;
 
 use bytes::Bytes;
+use kpi_core::subject::StateName;
 use kpi_core::{EventRecord, KpiCode, Topic};
 
 pub use config::BusConfig;
@@ -175,19 +176,19 @@ impl Bus {
     /// Replaces the stored value `name` (a small, named piece of shared
     /// state such as maintenance mode, read by services when they start).
     pub async fn save_state(&self, name: &str, payload: Bytes) -> Result<(), BusError> {
-        check_state_name(name)?;
+        let name = check_state_name(name)?;
         match self {
-            Bus::Memory(b) => b.save_state(name, payload).await,
-            Bus::Nats(b) => b.save_state(name, payload).await,
+            Bus::Memory(b) => b.save_state(&name, payload).await,
+            Bus::Nats(b) => b.save_state(&name, payload).await,
         }
     }
 
     /// The stored value `name`, if one was ever saved.
     pub async fn load_state(&self, name: &str) -> Result<Option<Bytes>, BusError> {
-        check_state_name(name)?;
+        let name = check_state_name(name)?;
         match self {
-            Bus::Memory(b) => b.load_state(name).await,
-            Bus::Nats(b) => b.load_state(name).await,
+            Bus::Memory(b) => b.load_state(&name).await,
+            Bus::Nats(b) => b.load_state(&name).await,
         }
     }
 
@@ -293,18 +294,7 @@ impl UpdateSubscription {
     }
 }
 
-/// A state name is one subject token: lowercase letters, digits and `_`.
-fn check_state_name(name: &str) -> Result<(), BusError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(BusError::Setup(format!(
-            "{name:?} is not a valid state name"
-        )))
-    }
+/// A state name is one subject token, checked by kpi-core's [`StateName`].
+fn check_state_name(name: &str) -> Result<StateName, BusError> {
+    StateName::parse(name).map_err(|e| BusError::Setup(e.to_string()))
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use kpi_core::subject::StateName;
 use kpi_core::{partition_of, EventRecord, KpiCode, Topic};
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, Notify};
@@ -191,17 +192,21 @@ impl MemoryBus {
         Ok(())
     }
 
-    pub(crate) async fn save_state(&self, name: &str, payload: Bytes) -> Result<(), BusError> {
+    pub(crate) async fn save_state(
+        &self,
+        name: &StateName,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
         self.inner
             .state
             .lock()
             .named
-            .insert(name.to_string(), payload);
+            .insert(name.as_str().to_string(), payload);
         Ok(())
     }
 
-    pub(crate) async fn load_state(&self, name: &str) -> Result<Option<Bytes>, BusError> {
-        Ok(self.inner.state.lock().named.get(name).cloned())
+    pub(crate) async fn load_state(&self, name: &StateName) -> Result<Option<Bytes>, BusError> {
+        Ok(self.inner.state.lock().named.get(name.as_str()).cloned())
     }
 
     pub(crate) async fn save_checkpoint(

@@ -11,10 +11,15 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures::StreamExt;
 use kpi_core::subject::{
-    checkpoint_subject, event_subject, partition_filter, state_subject, BROADCAST_SUBJECT,
-    CHECKPOINT_WILDCARD, EVENTS_WILDCARD, HISTORY_WILDCARD, STATE_WILDCARD, UPDATES_WILDCARD,
+    checkpoint_subject, event_subject, partition_filter, state_subject, StateName,
+    BROADCAST_SUBJECT, CHECKPOINT_WILDCARD, EVENTS_WILDCARD, HISTORY_WILDCARD, STATE_WILDCARD,
+    UPDATES_WILDCARD,
 };
 use kpi_core::{partition_of, EventRecord, KpiCode, Topic};
+
+mod read;
+
+use read::{last, last_of, recent, WithoutLeader, CLIENT_READ, SERVICE_READ};
 
 use crate::{
     Appended, BusConfig, BusError, EventFeed, FeedInner, Live, Outbound, PartialPublish,
@@ -27,7 +32,7 @@ pub const HISTORY_STREAM: &str = "KPI_HISTORY";
 pub const CHECKPOINT_STREAM: &str = "KPI_CHECKPOINTS";
 pub const STATE_STREAM: &str = "KPI_STATE";
 
-/// Reading back a topic's stored messages never takes longer than this.
+/// Listing the stored KPI codes never takes longer than this.
 const READBACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// The reply wait of the event feed's own API requests (stall checks,
 /// consumer creation). A request to a stream whose leader just died gets no
@@ -89,6 +94,9 @@ impl NatsBus {
             storage: stream::StorageType::File,
             num_replicas: config.replicas.max(1),
             discard: stream::DiscardPolicy::Old,
+            // Any replica answers a direct get: reads go on while a new
+            // leader is elected (see nats/read.rs).
+            allow_direct: true,
             ..Default::default()
         };
         ensure_stream(
@@ -266,13 +274,17 @@ impl NatsBus {
         Ok(())
     }
 
-    pub(crate) async fn save_state(&self, name: &str, payload: Bytes) -> Result<(), BusError> {
+    pub(crate) async fn save_state(
+        &self,
+        name: &StateName,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
         self.store(state_subject(name), None, payload).await?;
         Ok(())
     }
 
-    pub(crate) async fn load_state(&self, name: &str) -> Result<Option<Bytes>, BusError> {
-        last_of(&self.named, &state_subject(name))
+    pub(crate) async fn load_state(&self, name: &StateName) -> Result<Option<Bytes>, BusError> {
+        last_of(&self.named, &state_subject(name), SERVICE_READ)
             .await
             .map(|m| m.map(|(_, p)| p))
     }
@@ -326,7 +338,13 @@ impl NatsBus {
     }
 
     pub(crate) async fn load_checkpoint(&self, partition: u32) -> Result<Option<Bytes>, BusError> {
-        let Some(m) = last_message(&self.checkpoints, &checkpoint_subject(partition)).await? else {
+        let Some(m) = last(
+            &self.checkpoints,
+            &checkpoint_subject(partition),
+            SERVICE_READ,
+        )
+        .await?
+        .message() else {
             return Ok(None);
         };
         if m.headers.get(CHECKPOINT_PARTS_HEADER).is_none() {
@@ -426,7 +444,7 @@ impl NatsBus {
     }
 
     pub(crate) async fn last_update(&self, topic: &Topic) -> Result<Option<Bytes>, BusError> {
-        last_of(&self.updates, &topic.updates_subject())
+        last_of(&self.updates, &topic.updates_subject(), CLIENT_READ)
             .await
             .map(|m| m.map(|(_, p)| p))
     }
@@ -436,11 +454,23 @@ impl NatsBus {
         topic: &Topic,
         max: usize,
     ) -> Result<Vec<Bytes>, BusError> {
-        read_subject(&self.updates, &topic.updates_subject(), max).await
+        recent(
+            &self.updates,
+            &topic.updates_subject(),
+            max,
+            WithoutLeader::LatestOnly,
+        )
+        .await
     }
 
     pub(crate) async fn history(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>, BusError> {
-        read_subject(&self.history, &topic.history_subject(), max).await
+        recent(
+            &self.history,
+            &topic.history_subject(),
+            max,
+            WithoutLeader::Fail,
+        )
+        .await
     }
 
     /// Reads the subjects of `KPI_UPDATES` from the stream info (the server
@@ -524,71 +554,28 @@ async fn ensure_stream(
 ) -> Result<stream::Stream, BusError> {
     let name = config.name.clone();
     match js.get_stream(&name).await {
+        Ok(s) if config.allow_direct && !s.cached_info().config.allow_direct => {
+            // A stream made by an older version: turn direct gets on, and
+            // leave the operator's other settings as they are.
+            let mut cfg = s.cached_info().config.clone();
+            cfg.allow_direct = true;
+            match js.update_stream(cfg).await {
+                Ok(_) => js
+                    .get_stream(&name)
+                    .await
+                    .map_err(|e| BusError::Setup(format!("opening stream {name}: {e}"))),
+                Err(e) => {
+                    tracing::warn!(stream = %name, error = %e, "cannot allow direct gets; reads wait for the stream leader");
+                    Ok(s)
+                }
+            }
+        }
         Ok(s) => Ok(s),
         Err(_) => js
             .create_stream(config)
             .await
             .map_err(|e| BusError::Setup(format!("creating stream {name}: {e}"))),
     }
-}
-
-/// The last message on `subject` in `stream`: (stream sequence, payload).
-async fn last_of(s: &stream::Stream, subject: &str) -> Result<Option<(u64, Bytes)>, BusError> {
-    Ok(last_message(s, subject)
-        .await?
-        .map(|m| (m.sequence, m.payload)))
-}
-
-/// The last message on `subject` in `stream`, headers included.
-async fn last_message(
-    s: &stream::Stream,
-    subject: &str,
-) -> Result<Option<async_nats::jetstream::message::StreamMessage>, BusError> {
-    match s.get_last_raw_message_by_subject(subject).await {
-        Ok(m) => Ok(Some(m)),
-        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(BusError::unavailable(e)),
-    }
-}
-
-/// Up to `max` newest messages of one subject, oldest first. The streams keep
-/// a bounded number per subject, so reading them all is bounded too.
-async fn read_subject(
-    s: &stream::Stream,
-    subject: &str,
-    max: usize,
-) -> Result<Vec<Bytes>, BusError> {
-    let Some((last_seq, _)) = last_of(s, subject).await? else {
-        return Ok(Vec::new());
-    };
-    let consumer = s
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: subject.to_string(),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(BusError::unavailable)?;
-    let mut messages = consumer.messages().await.map_err(BusError::unavailable)?;
-    let mut out = std::collections::VecDeque::new();
-    let read = async {
-        while let Some(m) = messages.next().await {
-            let m = m.map_err(BusError::unavailable)?;
-            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(last_seq);
-            out.push_back(m.payload.clone());
-            if out.len() > max {
-                out.pop_front();
-            }
-            if seq >= last_seq {
-                break;
-            }
-        }
-        Ok::<(), BusError>(())
-    };
-    tokio::time::timeout(READBACK_TIMEOUT, read)
-        .await
-        .map_err(|_| BusError::Unavailable(format!("reading {subject} timed out")))??;
-    Ok(out.into())
 }
 
 /// How long a feed waits before reopening its consumer after a failure, so
@@ -716,7 +703,7 @@ impl NatsFeed {
 /// Whether the log holds an event matching `filter` at or after `next_seq`.
 /// An error counts as stalled: reopening is cheap, missing events is not.
 async fn stalled(events: &stream::Stream, filter: &str, next_seq: u64) -> bool {
-    match last_of(events, filter).await {
+    match last_of(events, filter, FEED_REQUEST_TIMEOUT).await {
         Ok(Some((last, _))) => last >= next_seq,
         Ok(None) => false,
         Err(_) => true,

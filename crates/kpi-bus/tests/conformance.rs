@@ -788,3 +788,44 @@ async fn nats_large_checkpoints_survive_an_interrupted_save_and_leave_no_parts_b
         ),
     }
 }
+
+/// NATS only: a stream made by an older version, without direct gets, gets
+/// them turned on at connect (so reads survive a leader's death), keeping
+/// what it stores.
+#[tokio::test]
+async fn nats_bus_turns_direct_gets_on_for_existing_streams() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: kpi_bus::nats::UPDATES_STREAM.to_string(),
+        subjects: vec![kpi_core::subject::UPDATES_WILDCARD.to_string()],
+        max_messages_per_subject: UPDATES_KEPT,
+        allow_direct: false,
+        ..Default::default()
+    })
+    .await
+    .expect("create an old-style stream");
+    let t = topic("older", Period::Minute);
+    js.publish(t.updates_subject(), Bytes::from_static(b"kept"))
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+
+    let bus = Bus::connect_nats(&server.url(), config())
+        .await
+        .expect("connect the bus");
+    let info = js
+        .get_stream(kpi_bus::nats::UPDATES_STREAM)
+        .await
+        .expect("stream")
+        .cached_info()
+        .clone();
+    assert!(info.config.allow_direct, "direct gets still off");
+    assert_eq!(info.config.max_messages_per_subject, UPDATES_KEPT);
+    assert_eq!(
+        bus.last_update(&t).await.expect("last"),
+        Some(Bytes::from_static(b"kept"))
+    );
+}

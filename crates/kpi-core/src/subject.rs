@@ -28,9 +28,38 @@ pub const BROADCAST_SUBJECT: &str = "kpi.broadcast";
 /// Small named values kept for services that start later (maintenance mode).
 pub const STATE_WILDCARD: &str = "kpi.state.>";
 
-/// Where the named value `name` (one subject token, e.g. `maintenance`) is kept.
-pub fn state_subject(name: &str) -> String {
-    format!("kpi.state.{name}")
+/// The name of a small shared value kept on the bus (`maintenance`): one
+/// subject token of 1 to 64 lowercase letters, digits and `_`, checked once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StateName(String);
+
+/// A state name that could not be a subject token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a valid state name: 1 to 64 of a-z, 0-9 and _")]
+pub struct StateNameError(pub String);
+
+impl StateName {
+    pub fn parse(raw: &str) -> Result<Self, StateNameError> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 64
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if ok {
+            Ok(StateName(raw.to_string()))
+        } else {
+            Err(StateNameError(raw.to_string()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Where the named value `name` is kept: `kpi.state.<name>`.
+pub fn state_subject(name: &StateName) -> String {
+    format!("kpi.state.{}", name.0)
 }
 
 pub fn checkpoint_subject(partition: u32) -> String {
@@ -80,6 +109,15 @@ impl fmt::Display for Topic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_names_are_one_plain_token() {
+        let m = StateName::parse("maintenance").expect("valid");
+        assert_eq!(state_subject(&m), "kpi.state.maintenance");
+        for bad in ["", "a.b", "*", ">", "Upper", "a b", &"x".repeat(65)] {
+            assert!(StateName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn updates_subject_round_trips_and_rejects_other_subjects() {

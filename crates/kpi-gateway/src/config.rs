@@ -27,6 +27,14 @@ pub struct Cli {
     /// Stream layout and retention, shared by every service.
     #[command(flatten)]
     pub bus: kpi_service::BusArgs,
+    #[command(flatten)]
+    pub args: GatewayArgs,
+}
+
+/// The gateway's own flags, beyond its listener and bus: what `kpi-stack`
+/// flattens into its command line too, so every gateway flag reaches it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
     /// How long a topic nobody watches keeps its upstream subscription, in ms.
     #[arg(long, env = "KPI_LINGER_MS", default_value_t = 5000)]
     pub linger_ms: u64,
@@ -115,6 +123,13 @@ pub struct Cli {
 
 impl Cli {
     /// The part of the flags `run` needs.
+    pub fn settings(&self) -> GatewaySettings {
+        self.args.settings()
+    }
+}
+
+impl GatewayArgs {
+    /// What `run` needs, unchecked ([`GatewaySettings::validate`] checks it).
     pub fn settings(&self) -> GatewaySettings {
         let jwt = JwtSettings {
             hs256_secret_file: self.jwt_hs256_secret_file.clone(),
@@ -323,7 +338,7 @@ mod tests {
     fn allow_anonymous_takes_a_value() {
         let cli = Cli::try_parse_from(["g", "--nats-url", "n", "--allow-anonymous", "false"])
             .expect("parse");
-        assert_eq!(cli.allow_anonymous, Some(false));
+        assert_eq!(cli.args.allow_anonymous, Some(false));
         assert!(
             cli.settings().validate().is_err(),
             "no key and no anonymous"

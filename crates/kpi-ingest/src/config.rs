@@ -1,27 +1,17 @@
-//! Settings of kpi-ingest: the binary's flags (with environment fallbacks) and the plain settings `run` takes.
+//! Settings of kpi-ingest: the binary's flags (with environment fallbacks), the flags `kpi-stack` shares, and the plain settings `run` takes.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use kpi_bus::BusConfig;
-
-/// A setting that cannot work; reported before anything is bound or connected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{setting}: {problem}")]
-pub struct ConfigError {
-    pub setting: &'static str,
-    pub problem: String,
-}
+pub use kpi_service::ConfigError;
 
 fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        setting,
-        problem: problem.into(),
-    }
+    ConfigError::new(setting, problem)
 }
 
-/// The flags of the `kpi-ingest` binary.
+/// The flags of the `kpi-ingest` binary: its listeners and bus, then [`IngestArgs`].
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "kpi-ingest",
@@ -45,6 +35,18 @@ pub struct Config {
     #[command(flatten)]
     pub bus: kpi_service::BusArgs,
 
+    /// On shutdown, wait at most this many seconds for in-flight calls to finish.
+    #[arg(long, env = "KPI_DRAIN_GRACE_SECS", default_value_t = 30)]
+    pub drain_grace_secs: u64,
+
+    #[command(flatten)]
+    pub ingest: IngestArgs,
+}
+
+/// Ingest's own flags, beyond its listeners, bus and drain: what `kpi-stack`
+/// flattens into its command line too, so every ingest flag reaches it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngestArgs {
     /// Refuse events whose time is more than this many seconds ahead of the server clock.
     #[arg(long, env = "KPI_MAX_FUTURE_SECS", default_value_t = 300)]
     pub max_future_secs: i64,
@@ -81,19 +83,12 @@ pub struct Config {
     /// Most events being stored at once per PublishStream (and per Publish batch).
     #[arg(long, env = "KPI_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
-
-    /// On shutdown, wait at most this many seconds for in-flight calls to finish.
-    #[arg(long, env = "KPI_DRAIN_GRACE_SECS", default_value_t = 30)]
-    pub drain_grace_secs: u64,
 }
 
-impl Config {
-    /// Checks every setting, so a bad flag fails before anything is bound.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.nats_url.trim().is_empty() {
-            return Err(bad("--nats-url", "must not be empty"));
-        }
-        self.bus.config().map_err(|e| bad("bus layout", e))?;
+impl IngestArgs {
+    /// The checked settings, with `drain_grace` for how long in-flight calls
+    /// may take on shutdown.
+    pub fn settings(&self, drain_grace: Duration) -> Result<IngestSettings, ConfigError> {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(bad("--tls-cert", "--tls-cert and --tls-key go together"));
         }
@@ -103,12 +98,7 @@ impl Config {
                 "client certificates need TLS: set --tls-cert and --tls-key too",
             ));
         }
-        self.settings().validate()
-    }
-
-    /// What [`crate::run`] needs.
-    pub fn settings(&self) -> IngestSettings {
-        IngestSettings {
+        let settings = IngestSettings {
             max_future_secs: self.max_future_secs,
             publisher_token: self.publisher_token.clone(),
             publisher_tokens_file: self.publisher_tokens_file.clone(),
@@ -123,14 +113,32 @@ impl Config {
             },
             max_batch: self.max_batch,
             max_in_flight: self.max_in_flight,
-            drain_grace: Duration::from_secs(self.drain_grace_secs),
+            drain_grace,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+impl Config {
+    /// Checks every setting, so a bad flag fails before anything is bound.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.settings().map(|_| ())
+    }
+
+    /// What [`crate::run`] needs, checked.
+    pub fn settings(&self) -> Result<IngestSettings, ConfigError> {
+        if self.nats_url.trim().is_empty() {
+            return Err(bad("--nats-url", "must not be empty"));
         }
+        self.bus.config()?;
+        self.ingest
+            .settings(Duration::from_secs(self.drain_grace_secs))
     }
 
     /// How the bus is laid out; identical in every service of a deployment.
-    pub fn bus_config(&self) -> BusConfig {
-        // validate() has checked it; the default is unreachable in practice.
-        self.bus.config().unwrap_or_default()
+    pub fn bus_config(&self) -> Result<BusConfig, ConfigError> {
+        self.bus.config()
     }
 }
 

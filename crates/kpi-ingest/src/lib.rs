@@ -18,7 +18,7 @@ pub mod server;
 pub mod service;
 pub mod validate;
 
-pub use config::{Config, ConfigError, IngestSettings, TlsFiles};
+pub use config::{Config, ConfigError, IngestArgs, IngestSettings, TlsFiles};
 pub use server::run;
 pub use service::IngestService;
 

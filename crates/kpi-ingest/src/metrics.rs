@@ -7,6 +7,11 @@ pub const EVENTS_TOTAL: &str = "kpi_ingest_events_total";
 /// Time from handing a valid event to the bus until it is acknowledged as durable.
 pub const STORE_SECONDS: &str = "kpi_ingest_store_seconds";
 
+/// Publisher calls and events refused by access control or the rate limit, by reason.
+pub const AUTH_DENIED: &str = "kpi_ingest_auth_denied_total";
+/// Ingest's audit trail: every publisher refusal logged and counted in [`AUTH_DENIED`].
+pub const AUDIT: kpi_service::Audit = kpi_service::Audit::new(AUTH_DENIED);
+
 pub const RESULT_STORED: &str = "stored";
 pub const RESULT_DUPLICATE: &str = "duplicate";
 pub const RESULT_INVALID: &str = "invalid";
@@ -24,6 +29,16 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Time to store one event durably on the bus"
     );
+    AUDIT
+        .describe("Publisher calls and events refused by token, KPI permission or rate, by reason");
+    for reason in [
+        "token_missing",
+        "bad_token",
+        "forbidden_kpi",
+        "rate_limited",
+    ] {
+        metrics::counter!(AUTH_DENIED, "reason" => reason).increment(0);
+    }
     for result in [
         RESULT_STORED,
         RESULT_DUPLICATE,

@@ -15,15 +15,16 @@
 //! name the publisher by its line (`tokens-file:3`) instead.
 //!
 //! Rate: `--max-publishes-per-token-per-sec` events per second per token, in a
-//! bucket holding one second's worth. A call may spend more than is left (a
-//! batch larger than the rate still goes through once) and the debt is paid
-//! back before the next call is allowed, so the average is what is enforced.
+//! [`TokenBucket`] holding one second's worth, taken on credit: a batch
+//! larger than the rate still goes through once, and the debt is paid back
+//! before the next call is allowed, so the average is what is enforced.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kpi_core::{KpiCode, KpiGrants};
+use kpi_service::TokenBucket;
 
 use crate::config::ConfigError;
 
@@ -44,13 +45,7 @@ struct Entry {
     token: String,
     label: String,
     grants: KpiGrants,
-    bucket: Option<Mutex<Bucket>>,
-}
-
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-    at: Instant,
+    bucket: Option<Mutex<TokenBucket>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -65,11 +60,8 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     fn new(token: String, label: String, grants: KpiGrants, per_sec: u32) -> Self {
         let bucket = (per_sec > 0).then(|| {
-            Mutex::new(Bucket {
-                rate: f64::from(per_sec),
-                tokens: f64::from(per_sec),
-                at: Instant::now(),
-            })
+            let rate = f64::from(per_sec);
+            Mutex::new(TokenBucket::new(rate, rate, Instant::now()))
         });
         Publisher {
             inner: Arc::new(Entry {
@@ -84,6 +76,14 @@ impl Publisher {
     /// Where the token was configured (`publisher-token`, `tokens-file:<line>`), for logs.
     pub fn label(&self) -> &str {
         &self.inner.label
+    }
+
+    /// Who this publisher is in an audit record: its label, never its token.
+    pub fn audit_who(&self) -> kpi_service::Who<'_> {
+        kpi_service::Who {
+            subject: Some(self.label()),
+            remote_ip: None,
+        }
     }
 
     pub fn may_publish(&self, kpi: &KpiCode) -> bool {
@@ -103,15 +103,8 @@ impl Publisher {
         // A poisoned lock only means another call panicked mid-update; the
         // numbers are still usable.
         let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * b.rate).min(b.rate);
-        b.at = now;
-        if b.tokens < 1.0 {
-            return false;
-        }
         // usize -> f64 loses precision only past 2^53 events.
-        b.tokens -= events as f64;
-        true
+        b.take_on_credit(events as f64, now)
     }
 }
 

@@ -113,19 +113,22 @@ pub async fn run(
     readiness.set_serving(true);
     tracing::info!(%grpc_addr, %http_addr, "kpi-ingest serving");
 
-    let grace = settings.drain_grace;
-    let outcome = tokio::select! {
-        r = grpc_server => r.map_err(IngestError::Grpc),
-        () = async { shutdown.recv().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(grace_secs = grace.as_secs(), "drain grace period over; leaving calls unfinished");
-            Ok(())
+    // The one drain: gRPC stops accepting on shutdown and finishes its
+    // calls, tracked stream tasks end, all within the grace period.
+    let serving = async {
+        tokio::select! {
+            r = grpc_server => r.map_err(IngestError::Grpc),
+            r = &mut http_server => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(IngestError::Http(e)),
+                Err(join) => Err(IngestError::Http(std::io::Error::other(join))),
+            },
         }
-        r = &mut http_server => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(IngestError::Http(e)),
-            Err(join) => Err(IngestError::Http(std::io::Error::other(join))),
-        },
     };
+    let outcome = kpi_service::drain(&shutdown, settings.drain_grace, serving)
+        .await
+        .output()
+        .unwrap_or(Ok(()));
     readiness.set_serving(false);
     let _ = http_stop.send(());
     if !http_server.is_finished() {
@@ -166,43 +169,27 @@ impl tonic::service::Interceptor for BearerAuth {
                     .eq_ignore_ascii_case("bearer")
                     .then_some(token.trim())
             });
-        let remote = request.remote_addr().map(|a| a.ip().to_string());
+        let who = kpi_service::Who {
+            subject: None,
+            remote_ip: request.remote_addr().map(|a| a.ip()),
+        };
         match presented.map(|t| tokens.find(t)) {
             Some(Some(publisher)) => {
                 request.extensions_mut().insert(publisher);
                 Ok(request)
             }
             Some(None) => {
-                audit_denied("publish", "bad_token", None, remote.as_deref());
+                crate::metrics::AUDIT.denied("publish", "bad_token", who, None);
                 Err(Status::unauthenticated("invalid bearer token"))
             }
             None => {
-                audit_denied("publish", "token_missing", None, remote.as_deref());
+                crate::metrics::AUDIT.denied("publish", "token_missing", who, None);
                 Err(Status::unauthenticated(
                     "missing bearer token: send `authorization: Bearer <token>`",
                 ))
             }
         }
     }
-}
-
-/// One `kpistream::audit` record of a refused publisher call (never the token).
-pub(crate) fn audit_denied(
-    action: &str,
-    reason: &str,
-    subject: Option<&str>,
-    remote: Option<&str>,
-) {
-    tracing::warn!(
-        target: "kpistream::audit",
-        action,
-        outcome = "denied",
-        reason,
-        subject = subject.unwrap_or(""),
-        kpi = "",
-        remote_ip = remote.unwrap_or(""),
-        "publisher refused"
-    );
 }
 
 /// The tokens of `--publisher-token` and `--publisher-tokens-file`; `None` when neither is set.

@@ -110,7 +110,12 @@ impl Inner {
         if let Some(p) = publisher {
             if !p.may_publish(&record.kpi) {
                 metrics::event(metrics::RESULT_INVALID);
-                crate::server::audit_denied("publish", "forbidden_kpi", Some(p.label()), None);
+                metrics::AUDIT.denied(
+                    "publish",
+                    "forbidden_kpi",
+                    p.audit_who(),
+                    Some(record.kpi.as_str()),
+                );
                 return Err(Outcome {
                     event_id: record.event_id,
                     status: EventStatus::Invalid,
@@ -174,7 +179,7 @@ impl Ingest for IngestService {
         let total = events.len();
         if let Some(p) = &publisher {
             if !p.try_take(total) {
-                crate::server::audit_denied("publish", "rate_limited", Some(p.label()), None);
+                metrics::AUDIT.denied("publish", "rate_limited", p.audit_who(), None);
                 return Err(rate_limited());
             }
         }
@@ -322,7 +327,7 @@ async fn ack_stream(
                     // Acks go out for what was read; the publisher backs off
                     // and resends the rest.
                     if let Some(p) = &publisher {
-                        crate::server::audit_denied("publish", "rate_limited", Some(p.label()), None);
+                        metrics::AUDIT.denied("publish", "rate_limited", p.audit_who(), None);
                     }
                     reading = false;
                     ending = Some(rate_limited());

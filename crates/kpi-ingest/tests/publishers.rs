@@ -117,6 +117,20 @@ async fn an_ops_token_cannot_publish_sales() {
         .await
         .expect_err("unknown token");
     assert_eq!(err.code(), Code::Unauthenticated);
+
+    // Every refusal is counted by reason (the recorder is per process, so
+    // other tests' refusals may add to these).
+    let (status, page) = kpi_test_support::http_get(&h.http_url("/metrics")).await;
+    assert_eq!(status, 200);
+    let denied = |reason: &str| -> f64 {
+        let series = format!("kpi_ingest_auth_denied_total{{reason=\"{reason}\"}} ");
+        page.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(denied("forbidden_kpi") >= 3.0, "{page}");
+    assert!(denied("bad_token") >= 1.0, "{page}");
 }
 
 #[tokio::test]

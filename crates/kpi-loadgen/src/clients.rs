@@ -375,9 +375,16 @@ async fn open(idx: usize, args: &WorkerArgs) -> anyhow::Result<Ws> {
     .await
     .context("WebSocket handshake")?;
     if args.kind == Kind::Nats {
+        // The subject comes from kpi-core, like every subject: from a
+        // validated code and period.
+        let topic = kpi_core::Topic::new(
+            kpi_core::KpiCode::parse(&code).with_context(|| format!("KPI code {code:?}"))?,
+            kpi_core::Period::parse(&args.period)
+                .with_context(|| format!("period {:?}", args.period))?,
+        );
         let hello = format!(
-            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB kpi.updates.{code}.{} 1\r\n",
-            args.period
+            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {} 1\r\n",
+            topic.updates_subject()
         );
         ws.send(Message::Binary(hello.into_bytes().into()))
             .await

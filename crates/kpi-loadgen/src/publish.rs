@@ -167,7 +167,7 @@ impl Sink {
                 ws.send(Message::Binary(msg.into())).await?;
             }
             Sink::Nats(client) => {
-                let subject = format!("kpi.updates.{}.{}", code.as_str(), period.as_str());
+                let subject = kpi_core::Topic::new(code.clone(), period).updates_subject();
                 let payload = baseline_payload(code, period, seq, value);
                 client.publish(subject, payload.into()).await?;
             }

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use kpi_bus::BusConfig;
 
+use crate::ConfigError;
+
 /// Whichever service starts first creates the streams, so every service must
 /// take the same layout and retention flags; defining them once guarantees
 /// the same names, defaults and checks everywhere.
@@ -34,7 +36,12 @@ pub const MAX_REPLICAS: usize = 5;
 
 impl BusArgs {
     /// The checked configuration; the error names the flag.
-    pub fn config(&self) -> Result<BusConfig, String> {
+    pub fn config(&self) -> Result<BusConfig, ConfigError> {
+        self.check()
+            .map_err(|problem| ConfigError::new("bus layout", problem))
+    }
+
+    fn check(&self) -> Result<BusConfig, String> {
         if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
             return Err(format!(
                 "--partitions must be 1 to {MAX_PARTITIONS}, got {}",
@@ -87,6 +94,7 @@ mod tests {
             .map_err(|e| e.to_string())?
             .bus
             .config()
+            .map_err(|e| e.to_string())
     }
 
     #[test]

@@ -44,6 +44,26 @@ impl Shutdown {
         }
     }
 
+    /// A signal that fires `delay` after this one, sharing its task tracker:
+    /// the gateway reports unready at once and sends clients away only after
+    /// the delay, with one shutdown tree and one set of tracked tasks.
+    pub fn delayed(&self, delay: Duration) -> Shutdown {
+        let later = Shutdown {
+            token: CancellationToken::new(),
+            tasks: self.tasks.clone(),
+        };
+        let (parent, fire) = (self.token.clone(), later.token.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = parent.cancelled() => tokio::time::sleep(delay).await,
+                // Fired directly: nothing left to wait for.
+                () = fire.cancelled() => return,
+            }
+            fire.cancel();
+        });
+        later
+    }
+
     /// Spawns a task that [`Shutdown::wait_idle`] will wait for.
     pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
     where
@@ -91,4 +111,20 @@ async fn wait_for_signal() {
 #[cfg(not(unix))]
 async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_signal_fires_after_its_parent() {
+        let root = Shutdown::new();
+        let later = root.delayed(Duration::from_secs(1));
+        root.trigger();
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(!later.is_triggered());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(later.is_triggered());
+    }
 }

@@ -64,9 +64,17 @@ fn catalogue() -> Vec<DemoKpi> {
     ]
 }
 
-/// Publishes a value for every demo KPI `rate` times per second until shutdown.
+/// Publishes a value for every demo KPI `rate` times per second until shutdown,
+/// with `token` as its bearer token when ingest requires one.
 /// Failures are logged and retried: the demo must not take the stack down.
-pub async fn feed(grpc_addr: String, rate: u32, shutdown: Shutdown) {
+pub async fn feed(grpc_addr: String, rate: u32, token: Option<String>, shutdown: Shutdown) {
+    let auth = token.and_then(|t| {
+        tonic::metadata::MetadataValue::try_from(format!("Bearer {t}"))
+            .inspect_err(|_| {
+                tracing::warn!("demo feeder: the publisher token is not a header value")
+            })
+            .ok()
+    });
     let mut kpis = catalogue();
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ nanos());
     let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
@@ -106,7 +114,11 @@ pub async fn feed(grpc_addr: String, rate: u32, shutdown: Shutdown) {
             })
             .collect();
         if let Some(c) = client.as_mut() {
-            if let Err(e) = c.publish(PublishRequest { events }).await {
+            let mut request = tonic::Request::new(PublishRequest { events });
+            if let Some(auth) = &auth {
+                request.metadata_mut().insert("authorization", auth.clone());
+            }
+            if let Err(e) = c.publish(request).await {
                 tracing::warn!(error = %e, "demo feeder: publish failed");
                 client = None;
             }

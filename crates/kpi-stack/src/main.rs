@@ -1,14 +1,19 @@
 //! `kpi-stack`: ingest, aggregator and gateway in one process, for a laptop or a demo.
+//!
+//! Its command line is the three services' own flag sets
+//! ([`kpi_ingest::IngestArgs`], [`kpi_aggregator::AggregatorArgs`],
+//! [`kpi_gateway::config::GatewayArgs`]) flattened beside its listeners, so
+//! every flag a service gains reaches the one-process mode too, its security
+//! flags included. `--drain-secs` (the gateway's) bounds the whole drain.
 
 mod demo;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use kpi_bus::Bus;
-use kpi_service::Shutdown;
+use kpi_service::{connect_bus, Drained, Shutdown, CONNECT_PATIENCE};
 
 #[derive(Debug, Parser)]
 #[command(name = "kpi-stack", version, about = "kpistream in one process")]
@@ -25,7 +30,8 @@ struct Cli {
     /// Use NATS at this URL instead of the in-process bus.
     #[arg(long, env = "NATS_URL")]
     nats_url: Option<String>,
-    /// Feed ten demo KPIs so the dashboard is alive at once.
+    /// Feed ten demo KPIs so the dashboard is alive at once (with
+    /// `--publisher-token`, the demo publishes with it).
     #[arg(long, env = "KPI_DEMO")]
     demo: bool,
     /// Demo rounds per second (each round publishes every demo KPI once).
@@ -34,26 +40,50 @@ struct Cli {
     /// Stream layout and retention (with --nats-url; the in-process bus uses the same limits).
     #[command(flatten)]
     bus: kpi_service::BusArgs,
-    /// Coalescing interval of the aggregator in milliseconds.
-    #[arg(long, env = "KPI_COALESCE_MS", default_value_t = 100)]
-    coalesce_ms: u64,
-    /// Seconds to drain on SIGTERM before giving up.
-    #[arg(long, env = "KPI_DRAIN_SECS", default_value_t = 10)]
-    drain_secs: u64,
+    #[command(flatten)]
+    ingest: kpi_ingest::IngestArgs,
+    #[command(flatten)]
+    aggregator: kpi_aggregator::AggregatorArgs,
+    #[command(flatten)]
+    gateway: kpi_gateway::config::GatewayArgs,
+}
+
+/// The three services' checked settings.
+struct Settings {
+    ingest: kpi_ingest::IngestSettings,
+    aggregator: kpi_aggregator::AggregatorSettings,
+    gateway: kpi_gateway::GatewaySettings,
+}
+
+impl Cli {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let gateway = self.gateway.settings();
+        gateway.validate()?;
+        Ok(Settings {
+            // One drain for the process: the gateway's, after its unready delay.
+            ingest: self
+                .ingest
+                .settings(gateway.drain + gateway.unready_delay)?,
+            aggregator: self.aggregator.settings(&self.bus)?,
+            gateway,
+        })
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     kpi_service::telemetry::init_logging();
-    let bus_config = cli
-        .bus
-        .config()
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    // Typed and checked before any port is bound or NATS is dialled.
+    let settings = cli.settings().context("invalid configuration")?;
+    let bus_config = cli.bus.config().context("invalid configuration")?;
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
     let bus = match &cli.nats_url {
-        Some(url) => Bus::connect_nats(url, bus_config)
-            .await
-            .context("connecting to NATS")?,
+        Some(url) => match connect_bus(url, bus_config, CONNECT_PATIENCE, &shutdown).await? {
+            Some(bus) => bus,
+            None => return Ok(()),
+        },
         None => Bus::memory(bus_config),
     };
 
@@ -69,16 +99,12 @@ async fn main() -> anyhow::Result<()> {
         gateway_listener.local_addr()?
     );
 
-    let shutdown = Shutdown::new();
-    shutdown.trigger_on_signals();
-    let aggregator = kpi_aggregator::AggregatorSettings {
-        partitions: cli.bus.partitions,
-        coalesce: Duration::from_millis(cli.coalesce_ms),
-        ..Default::default()
-    };
-    let gateway = kpi_gateway::GatewaySettings::default();
-    let ingest = kpi_ingest::IngestSettings::default();
-
+    let Settings {
+        ingest,
+        aggregator,
+        gateway,
+    } = settings;
+    let drain = gateway.drain + gateway.unready_delay;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn({
         let (bus, sd) = (bus.clone(), shutdown.clone());
@@ -111,34 +137,72 @@ async fn main() -> anyhow::Result<()> {
             }
             a => a.to_string(),
         };
-        shutdown.spawn(demo::feed(connect, cli.demo_rate, shutdown.clone()));
+        shutdown.spawn(demo::feed(
+            connect,
+            cli.demo_rate,
+            cli.ingest.publisher_token.clone(),
+            shutdown.clone(),
+        ));
     }
 
-    // Any service failing takes the stack down, so a broken demo is noticed.
-    let drain = Duration::from_secs(cli.drain_secs);
-    let first = tokio::select! {
-        r = tasks.join_next() => r,
-        _ = shutdown.recv() => None,
-    };
-    shutdown.trigger();
-    if let Some(r) = first {
-        r.context("service task panicked")??;
-    }
-    let rest = async {
+    // Any service ending takes the stack down, so a broken demo is noticed.
+    let services = async {
         while let Some(r) = tasks.join_next().await {
+            shutdown.trigger();
             r.context("service task panicked")??;
         }
         anyhow::Ok(())
     };
-    tokio::time::timeout(drain, rest)
-        .await
-        .map_err(|_| anyhow::anyhow!("drain did not finish within {drain:?}"))??;
-    shutdown.wait_idle(Duration::from_secs(1)).await;
-    Ok(())
+    match kpi_service::drain(&shutdown, drain, services).await {
+        Drained::Finished(r) | Drained::TasksLeft(r) => r,
+        Drained::GraceOver => anyhow::bail!("drain did not finish within {drain:?}"),
+    }
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// The three services' flag sets share one command line: a flag name
+    /// that two of them use would make clap refuse to start.
+    #[test]
+    fn the_flattened_flags_do_not_collide() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn security_flags_reach_the_services() {
+        let cli = Cli::try_parse_from([
+            "kpi-stack",
+            "--allow-anonymous",
+            "false",
+            "--jwt-hs256-secret-file",
+            "/k",
+            "--allowed-origins",
+            "https://a.example",
+            "--max-connections-per-ip-per-sec",
+            "3",
+            "--publisher-token",
+            "tok",
+            "--lateness-minute-secs",
+            "7",
+        ])
+        .expect("parse");
+        let s = cli.settings().expect("valid");
+        assert!(!s.gateway.allow_anonymous);
+        assert_eq!(s.gateway.allowed_origins, vec!["https://a.example"]);
+        assert_eq!(s.gateway.max_connections_per_ip_per_sec, 3);
+        assert_eq!(s.ingest.publisher_token.as_deref(), Some("tok"));
+        assert_eq!(s.aggregator.lateness.minute, Duration::from_secs(7));
+    }
 }

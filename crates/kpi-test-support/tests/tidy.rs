@@ -75,3 +75,46 @@ fn no_test_is_ignored_and_nothing_debug_is_left() {
         "ignored tests or dbg! left in: {offenders:#?}"
     );
 }
+
+/// The crates ARCHITECTURE.md's code map names: the first cell of each
+/// table row of the `## Code map` section, in backticks.
+fn code_map_crates(architecture: &str) -> Vec<String> {
+    let Some(start) = architecture.find("## Code map") else {
+        return Vec::new();
+    };
+    let section = &architecture[start + "## Code map".len()..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`').map(|(name, _)| name.to_string()))
+        .collect()
+}
+
+#[test]
+fn every_crate_is_on_the_code_map() {
+    let root = workspace_root();
+    let architecture = std::fs::read_to_string(root.join("ARCHITECTURE.md"))
+        .expect("ARCHITECTURE.md at the workspace root");
+    let mapped = code_map_crates(&architecture);
+    assert!(
+        mapped.len() > 5,
+        "no code map table found in ARCHITECTURE.md: {mapped:?}"
+    );
+    let crates: Vec<String> = std::fs::read_dir(root.join("crates"))
+        .expect("crates/")
+        .flatten()
+        .filter(|e| e.path().join("Cargo.toml").is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    let missing: Vec<&String> = crates.iter().filter(|c| !mapped.contains(c)).collect();
+    assert!(
+        missing.is_empty(),
+        "crates missing from ARCHITECTURE.md's code map: {missing:?}"
+    );
+    let stale: Vec<&String> = mapped.iter().filter(|m| !crates.contains(m)).collect();
+    assert!(
+        stale.is_empty(),
+        "ARCHITECTURE.md's code map names crates that do not exist: {stale:?}"
+    );
+}
