@@ -105,7 +105,7 @@ pub async fn run(
         hub: hub.clone(),
         settings: settings.clone(),
         slots: slots.clone(),
-        shutdown: shutdown.clone(),
+        closing: shutdown.delayed(settings.unready_delay),
         security,
         clients,
         quota: TopicQuota::new(settings.max_topics_per_caller),

@@ -18,8 +18,9 @@ pub(crate) struct AppState {
     pub settings: Arc<GatewaySettings>,
     /// One slot per open session, against `max_connections`.
     pub slots: Connections,
-    /// The process's one shutdown signal.
-    pub shutdown: Shutdown,
+    /// The process's one shutdown signal, delayed by `unready_delay`
+    /// ([`Shutdown::delayed`]): when sessions end.
+    pub closing: Shutdown,
     /// Tokens, the anonymous policy, origins, per-IP rate, maintenance.
     pub security: Security,
     /// Open sessions, for admin broadcasts.
@@ -31,10 +32,9 @@ pub(crate) struct AppState {
 impl AppState {
     /// Resolves when sessions must end: `unready_delay` after shutdown
     /// began, so balancers stop sending new clients before existing ones are
-    /// sent away. Create it once per session and keep it pinned.
+    /// sent away.
     pub async fn closing(&self) {
-        self.shutdown.recv().await;
-        tokio::time::sleep(self.settings.unready_delay).await;
+        self.closing.recv().await;
     }
 }
 

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use kpi_service::TokenBucket;
 use parking_lot::Mutex;
 
 /// Buckets kept before idle (full) ones are dropped; bounds memory under a
@@ -22,7 +23,7 @@ pub struct ConnectRate {
 struct Inner {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
 }
 
 impl ConnectRate {
@@ -53,21 +54,13 @@ impl ConnectRate {
         };
         let mut buckets = inner.buckets.lock();
         if buckets.len() >= PRUNE_AT {
-            let (rate, burst) = (inner.rate, inner.burst);
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
-            });
+            // A full bucket answers like a new one: dropping it changes nothing.
+            buckets.retain(|_, b| !b.is_full(now));
         }
-        let (tokens, at) = buckets.entry(ip).or_insert((inner.burst, now));
-        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * inner.rate)
-            .min(inner.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        buckets
+            .entry(ip)
+            .or_insert_with(|| TokenBucket::new(inner.rate, inner.burst, now))
+            .try_take(1.0, now)
     }
 }
 
