@@ -296,6 +296,28 @@ impl SystemEvent {
     }
 }
 
+/// `GET /api/kpis`: the codes with published updates the caller may read, sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KpiList {
+    pub kpis: Vec<KpiCode>,
+}
+
+/// `{"type":"accepted","message":..,"at":..}`: an admin broadcast or maintenance call was taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    #[serde(rename = "type")]
+    pub kind: AcceptedTag,
+    pub message: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptedTag {
+    #[default]
+    Accepted,
+}
+
 /// One closed bucket of `GET /api/kpi/<code>/history`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct HistoryBucket {

@@ -130,8 +130,13 @@ export class KpiStream {
       globalThis.addEventListener("offline", this._onOffline);
       globalThis.addEventListener("pagehide", this._onHide);
     }
-    this._scheduleRefresh();
-    this._connect();
+    if (this._getToken && !this._token) {
+      // No token yet: ask for one first (and connect anyway if that fails).
+      this._refreshToken().finally(() => this._connect());
+    } else {
+      this._scheduleRefresh();
+      this._connect();
+    }
   }
 
   // ---- public API ----

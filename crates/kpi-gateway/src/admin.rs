@@ -19,10 +19,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::Utc;
 use kpi_bus::{Live, UpdateSubscription};
-use kpi_core::message::SystemEvent;
+use kpi_core::message::{Accepted, AcceptedTag, SystemEvent};
 use kpi_service::Shutdown;
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::request::ApiError;
 use crate::security::access::Caller;
@@ -180,11 +179,15 @@ async fn publish(
         None => "broadcast",
     };
     audit::allowed(action, caller.who(), detail);
-    let body = json!({"type": "accepted", "message": event.message, "at": event.at});
+    let body = Accepted {
+        kind: AcceptedTag::Accepted,
+        message: event.message,
+        at: event.at,
+    };
     Ok((
         StatusCode::ACCEPTED,
         [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
+        serde_json::to_string(&body).unwrap_or_default(),
     )
         .into_response())
 }

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use kpi_core::message::KpiList;
 
 use crate::metrics::Transport;
 use crate::request::ApiError;
@@ -22,17 +22,18 @@ pub(crate) async fn handler(
     let admitted = Session::admit(&app, caller, &headers, Transport::Read)?;
     let codes = app.hub.bus().known_kpis(MAX_LISTED_KPIS).await?;
     // Only the codes this caller may read: a KPI's name can be a secret too.
-    let list: Vec<&str> = codes
-        .iter()
-        .filter(|c| admitted.caller().access.may_read(c))
-        .map(|c| c.as_str())
-        .collect();
+    let list = KpiList {
+        kpis: codes
+            .into_iter()
+            .filter(|c| admitted.caller().access.may_read(c))
+            .collect(),
+    };
     Ok((
         [
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        json!({ "kpis": list }).to_string(),
+        serde_json::to_string(&list).unwrap_or_default(),
     )
         .into_response())
 }
