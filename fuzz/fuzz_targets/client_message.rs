@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Err(e) = kpi_gateway::ws_mux::parse_client_message(text) {
+        if let Err(e) = kpi_gateway::ws::mux::parse_client_message(text) {
             assert!(e.code == "bad_message" || e.code == "unknown_type");
         }
     }

@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let verifier = kpi_gateway::auth::Verifier::hs256(b"fuzz-secret-fuzz-secret-fuzz-sec");
+    let verifier = kpi_gateway::security::auth::Verifier::hs256(b"fuzz-secret-fuzz-secret-fuzz-sec");
     // Without the secret nothing can verify: every input must be a clean error.
     assert!(verifier.verify(&text).is_err());
     let mut headers = HeaderMap::new();
@@ -14,5 +14,5 @@ fuzz_target!(|data: &[u8]| {
         headers.insert("authorization", v.clone());
         headers.insert("sec-websocket-protocol", v);
     }
-    let _ = kpi_gateway::auth::token_from_request(&headers, Some(&text));
+    let _ = kpi_gateway::security::auth::token_from_request(&headers, Some(&text));
 });

@@ -237,7 +237,10 @@ impl MemoryBus {
             .or_insert_with(|| broadcast::channel(LIVE_BUFFER).0)
             .subscribe();
         Ok(UpdateSubscription {
-            inner: SubInner::Memory(MemorySubscription { rx }),
+            inner: SubInner::Memory(MemorySubscription {
+                rx,
+                release: Some((Arc::downgrade(&self.inner), topic.updates_subject())),
+            }),
         })
     }
 
@@ -285,6 +288,7 @@ impl MemoryBus {
         Ok(UpdateSubscription {
             inner: SubInner::Memory(MemorySubscription {
                 rx: self.inner.broadcast.subscribe(),
+                release: None,
             }),
         })
     }
@@ -347,6 +351,29 @@ impl MemoryFeed {
 
 pub struct MemorySubscription {
     rx: broadcast::Receiver<Bytes>,
+    /// The bus and subject whose channel goes when its last subscriber does:
+    /// a subject nobody listens to and nothing was stored on costs nothing.
+    release: Option<(std::sync::Weak<Inner>, String)>,
+}
+
+impl Drop for MemorySubscription {
+    fn drop(&mut self) {
+        let Some((inner, subject)) = self.release.take() else {
+            return;
+        };
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let mut st = inner.state.lock();
+        // Under the lock no one can subscribe meanwhile; ours is the last receiver.
+        if st
+            .live
+            .get(&subject)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            st.live.remove(&subject);
+        }
+    }
 }
 
 impl MemorySubscription {
@@ -356,5 +383,42 @@ impl MemorySubscription {
             Err(broadcast::error::RecvError::Lagged(_)) => Some(Live::Gap),
             Err(broadcast::error::RecvError::Closed) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kpi_core::Period;
+
+    #[tokio::test]
+    async fn a_subject_nobody_watches_and_nothing_was_stored_on_costs_nothing() {
+        let bus = MemoryBus::new(BusConfig::default());
+        let topics: Vec<Topic> = (0..100)
+            .map(|i| {
+                Topic::new(
+                    KpiCode::parse(&format!("k{i}")).expect("code"),
+                    Period::Minute,
+                )
+            })
+            .collect();
+        let mut subs = Vec::new();
+        for t in &topics {
+            subs.push(bus.subscribe_updates(t).await.expect("subscribe"));
+            subs.push(bus.subscribe_updates(t).await.expect("subscribe"));
+        }
+        assert_eq!(bus.inner.state.lock().live.len(), 100);
+        // One of two subscribers left: the channel stays for the other.
+        subs.truncate(subs.len() - 1);
+        subs.retain({
+            let mut keep = false;
+            move |_| {
+                keep = !keep;
+                keep
+            }
+        });
+        assert_eq!(bus.inner.state.lock().live.len(), 100);
+        drop(subs);
+        assert_eq!(bus.inner.state.lock().live.len(), 0);
     }
 }

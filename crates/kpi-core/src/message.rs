@@ -188,6 +188,185 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// The reply to a `/ws` client message: `{"type":"subscribed","kpi":..,"period":..}`,
+/// or without `kpi`/`period` when it is about the whole connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    #[serde(rename = "type")]
+    pub kind: ReplyKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kpi: Option<KpiCode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<Period>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyKind {
+    Subscribed,
+    Unsubscribed,
+    Paused,
+    Resumed,
+    Authenticated,
+}
+
+impl Reply {
+    /// A reply about one topic, or about the connection with `None`.
+    pub fn new(kind: ReplyKind, topic: Option<(&KpiCode, Period)>) -> Self {
+        Reply {
+            kind,
+            kpi: topic.map(|(k, _)| k.clone()),
+            period: topic.map(|(_, p)| p),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Longest `id` a `/ws` ping may carry, as JSON text; the pong echoes it.
+pub const MAX_PING_ID_BYTES: usize = 128;
+
+/// `{"type":"pong","id":..}`: the answer to a `/ws` ping, with its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    #[serde(rename = "type")]
+    pub kind: PongTag,
+    pub id: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PongTag {
+    #[default]
+    Pong,
+}
+
+impl Pong {
+    pub fn new(id: Option<serde_json::Value>) -> Self {
+        Pong {
+            kind: PongTag::Pong,
+            id: id.unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// What an admin broadcast carries between gateways (and is stored as the
+/// maintenance state): the text, when it was sent, and for maintenance its
+/// new state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemEvent {
+    pub message: String,
+    /// RFC 3339, when the admin call was made.
+    pub at: String,
+    /// Present on maintenance events: the new state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<bool>,
+}
+
+/// `{"type":"system","message":..,"at":..,"maintenance"?:..}`: a system event as clients receive it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemMessage {
+    #[serde(rename = "type")]
+    pub kind: SystemTag,
+    #[serde(flatten)]
+    pub event: SystemEvent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SystemTag {
+    #[default]
+    System,
+}
+
+impl SystemEvent {
+    /// The message clients receive.
+    pub fn client_json(&self) -> String {
+        let m = SystemMessage {
+            kind: SystemTag::System,
+            event: self.clone(),
+        };
+        serde_json::to_string(&m).unwrap_or_default()
+    }
+}
+
+/// `GET /api/kpis`: the codes with published updates the caller may read, sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KpiList {
+    pub kpis: Vec<KpiCode>,
+}
+
+/// `{"type":"accepted","message":..,"at":..}`: an admin broadcast or maintenance call was taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    #[serde(rename = "type")]
+    pub kind: AcceptedTag,
+    pub message: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptedTag {
+    #[default]
+    Accepted,
+}
+
+/// One closed bucket of `GET /api/kpi/<code>/history`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HistoryBucket {
+    #[serde(with = "crate::time")]
+    pub bucket_start: DateTime<Utc>,
+    /// The seq of the record this bucket's stats come from (the latest correction).
+    pub seq: u64,
+    pub stats: StatsView,
+}
+
+/// `GET /api/kpi/<code>/history`: closed buckets, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryBody {
+    pub kpi: KpiCode,
+    pub period: Period,
+    pub buckets: Vec<HistoryBucket>,
+}
+
+/// `GET /api/kpi/<code>/updates`: the data messages a poller missed, as
+/// clients parse it. (The gateway writes it with [`poll_body`], which does not
+/// re-serialize the messages.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PollBody {
+    pub kpi: KpiCode,
+    pub period: Period,
+    pub messages: Vec<serde_json::Value>,
+}
+
+/// The JSON of a [`PollBody`] around `messages`, each already JSON (an
+/// update or snapshot as published), copied as they are.
+pub fn poll_body<M: AsRef<[u8]>>(kpi: &KpiCode, period: Period, messages: &[M]) -> Vec<u8> {
+    let head = PollBody {
+        kpi: kpi.clone(),
+        period,
+        messages: Vec::new(),
+    };
+    let mut out = serde_json::to_vec(&head).unwrap_or_default();
+    // `...,"messages":[]}`: drop the closing `]}` and append the messages.
+    out.truncate(out.len().saturating_sub(2));
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(m.as_ref());
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +418,40 @@ mod tests {
             }
         );
         assert!(!format!("{m:?}").contains("abc"));
+    }
+
+    #[test]
+    fn replies_and_bodies_have_their_wire_shape() {
+        let kpi = KpiCode::parse("sales").expect("code");
+        let r = Reply::new(ReplyKind::Subscribed, Some((&kpi, Period::Hour)));
+        assert_eq!(
+            r.to_json(),
+            r#"{"type":"subscribed","kpi":"sales","period":"hour"}"#
+        );
+        assert_eq!(
+            Reply::new(ReplyKind::Authenticated, None).to_json(),
+            r#"{"type":"authenticated"}"#
+        );
+        assert_eq!(Pong::new(None).to_json(), r#"{"type":"pong","id":null}"#);
+        let e = SystemEvent {
+            message: "m".into(),
+            at: "2026-12-01T00:00:00Z".into(),
+            maintenance: Some(true),
+        };
+        let v: serde_json::Value = serde_json::from_str(&e.client_json()).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"system","message":"m","at":"2026-12-01T00:00:00Z","maintenance":true})
+        );
+        let body = poll_body(
+            &kpi,
+            Period::Minute,
+            &[br#"{"seq":1}"#.as_slice(), br#"{"seq":2}"#],
+        );
+        let parsed: PollBody = serde_json::from_slice(&body).expect("poll body");
+        assert_eq!(parsed.messages.len(), 2);
+        let empty: PollBody =
+            serde_json::from_slice(&poll_body::<&[u8]>(&kpi, Period::Day, &[])).expect("empty");
+        assert!(empty.messages.is_empty());
     }
 }

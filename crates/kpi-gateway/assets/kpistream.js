@@ -21,8 +21,12 @@
  *
  * Options of `new KpiStream(options)`:
  *   url            gateway base URL (default: the page's origin)
- *   token          JWT; sent as `Authorization: Bearer` on fetches and as
- *                  `?token=` on WebSocket and SSE URLs (browsers cannot set headers there)
+ *   token          JWT; sent as `Authorization: Bearer` on fetches, as the
+ *                  `bearer.<jwt>` subprotocol on WebSockets (so it stays out of
+ *                  URLs and logs), and as `?token=` on SSE (EventSource can send nothing else)
+ *   getToken       async () => a fresh JWT; called before the token expires (and
+ *                  when the gateway closes for an expired one), and the new
+ *                  token is handed to the open connection (`{"type":"auth"}`)
  *   transports     order to try, default ["ws", "sse", "poll"]
  *   openTimeoutMs  a connection not open within this counts as failed (5000)
  *   fallbackAfter  failed opens, while plain HTTP to the gateway works, before
@@ -34,7 +38,9 @@
  *                  rest are polled, since a browser opens only 6 HTTP/1.1
  *                  connections per host
  *   cache          keep the last message of every subscription in localStorage
- *                  and show it (stale) on the next start (true)
+ *                  and show it (stale) on the next start (true); kept per
+ *                  gateway and identity (the token's `sub`), and cleared when
+ *                  the gateway answers `forbidden`
  *
  * Guarantees to a callback: it is never called with a lower `seq` than a
  * previous call for the same kpi+period (a repeat of the same seq is not
@@ -96,6 +102,8 @@ export class KpiStream {
     const origin = globalThis.location ? globalThis.location.origin : "http://127.0.0.1:8080";
     this._base = new URL(this.options.url || origin);
     this._token = this.options.token || null;
+    this._getToken = typeof this.options.getToken === "function" ? this.options.getToken : null;
+    this._refreshTimer = null;
     this._transports = this.options.transports.filter((t) => ["ws", "sse", "poll"].includes(t));
     if (this._transports.length === 0) throw new TypeError("no usable transport");
     this._mode = this._transports[0];
@@ -122,7 +130,13 @@ export class KpiStream {
       globalThis.addEventListener("offline", this._onOffline);
       globalThis.addEventListener("pagehide", this._onHide);
     }
-    this._connect();
+    if (this._getToken && !this._token) {
+      // No token yet: ask for one first (and connect anyway if that fails).
+      this._refreshToken().finally(() => this._connect());
+    } else {
+      this._scheduleRefresh();
+      this._connect();
+    }
   }
 
   // ---- public API ----
@@ -203,6 +217,7 @@ export class KpiStream {
     this._closed = true;
     this._flush();
     clearTimeout(this._retryTimer);
+    clearTimeout(this._refreshTimer);
     clearInterval(this._upgradeTimer);
     this._driver?.close();
     this._driver = null;
@@ -329,6 +344,12 @@ export class KpiStream {
     if (driver !== this._driver || this._closed) return;
     this._unconfirmAll();
     this._log({ ev: "closed", transport: this._mode, opened, code });
+    if (code === 4001 && this._getToken && (await this._refreshToken())) {
+      // The token expired before it could be refreshed: come back with the new one.
+      if (driver !== this._driver || this._closed) return;
+      this._attempt = 0;
+      return this._retryIn(0);
+    }
     if (opened) {
       if (code === 1012) {
         // The gateway is draining: another one is ready, come back soon (spread out).
@@ -406,7 +427,7 @@ export class KpiStream {
     return new Promise((resolve) => {
       let ws;
       try {
-        ws = new WebSocket(this._wsUrl());
+        ws = this._openWebSocket();
       } catch {
         return resolve(false);
       }
@@ -448,9 +469,60 @@ export class KpiStream {
   }
 
   _wsUrl() {
-    const u = this._url("/ws", {}, true);
+    const u = this._url("/ws");
     u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
     return u.toString();
+  }
+
+  /** `/ws` with the token as a subprotocol, never in the URL. */
+  _openWebSocket() {
+    const protocols = this._token ? ["kpistream", `bearer.${this._token}`] : undefined;
+    return new WebSocket(this._wsUrl(), protocols);
+  }
+
+  // ---- token ----
+
+  /** The token's claims (not verified: the gateway does that), or null. */
+  _claims() {
+    try {
+      const b64 = this._token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4)));
+    } catch {
+      return null;
+    }
+  }
+
+  /** Asks `getToken` for a new token some time before this one's `exp`. */
+  _scheduleRefresh() {
+    clearTimeout(this._refreshTimer);
+    const exp = this._getToken && this._token ? this._claims()?.exp : undefined;
+    if (!Number.isFinite(exp) || this._closed) return;
+    const left = exp * 1000 - Date.now();
+    // A minute early, or halfway for a short-lived token.
+    const ms = Math.max(0, left - Math.min(60000, left / 2));
+    this._refreshTimer = setTimeout(() => this._refreshToken(), ms);
+  }
+
+  async _refreshToken() {
+    if (!this._getToken || this._closed) return false;
+    let token;
+    try {
+      token = await this._getToken();
+    } catch (e) {
+      this._log({ ev: "token-refresh-failed", error: String(e) });
+    }
+    if (typeof token !== "string" || !token) {
+      this._refreshTimer = setTimeout(() => this._refreshToken(), 5000);
+      return false;
+    }
+    const before = this._identity();
+    this._token = token;
+    this._log({ ev: "token-refreshed" });
+    // Values read with another identity's token are not cached under this one.
+    if (this._identity() !== before) this._dirty.clear();
+    this._driver?.send?.({ type: "auth", token });
+    this._scheduleRefresh();
+    return true;
   }
 
   _headers() {
@@ -460,6 +532,7 @@ export class KpiStream {
   async _getJson(path, params = {}, signal) {
     const res = await fetch(this._url(path, params), { headers: this._headers(), cache: "no-store", signal });
     const body = await res.json().catch(() => ({}));
+    if (res.status === 403 && body.code === "forbidden") this._clearCache();
     if (!res.ok) {
       const err = new Error(body.message || `HTTP ${res.status}`);
       err.status = res.status;
@@ -471,10 +544,38 @@ export class KpiStream {
 
   // ---- cache ----
 
+  /** Whose values the cache holds: the gateway and the token's subject. */
+  _identity() {
+    const sub = this._token ? this._claims()?.sub : undefined;
+    return `${this._base.origin}|${typeof sub === "string" ? sub : this._token ? "token" : "anonymous"}`;
+  }
+
+  _cacheKey(kpi, period) {
+    return `${this.options.storagePrefix}${this._identity()}|${kpi}:${period}`;
+  }
+
+  /** Forgets every cached value of this identity: it may no longer read some of them. */
+  _clearCache() {
+    if (!this._storage) return;
+    const prefix = `${this.options.storagePrefix}${this._identity()}|`;
+    try {
+      const keys = [];
+      for (let i = 0; i < this._storage.length; i++) {
+        const k = this._storage.key(i);
+        if (k && k.startsWith(prefix)) keys.push(k);
+      }
+      keys.forEach((k) => this._storage.removeItem(k));
+    } catch {
+      /* storage gone: nothing to clear */
+    }
+    this._dirty.clear();
+    this._log({ ev: "cache-cleared" });
+  }
+
   _readCache(kpi, period) {
     if (!this._storage) return null;
     try {
-      const m = JSON.parse(this._storage.getItem(this.options.storagePrefix + `${kpi}:${period}`) || "null");
+      const m = JSON.parse(this._storage.getItem(this._cacheKey(kpi, period)) || "null");
       return isData(m) && m.kpi === kpi && m.period === period ? m : null;
     } catch {
       return null;
@@ -493,7 +594,7 @@ export class KpiStream {
     this._flushTimer = null;
     for (const t of this._dirty) {
       try {
-        if (t.last) this._storage.setItem(this.options.storagePrefix + `${t.kpi}:${t.period}`, JSON.stringify(t.last));
+        if (t.last) this._storage.setItem(this._cacheKey(t.kpi, t.period), JSON.stringify(t.last));
       } catch {
         /* full or forbidden storage: the cache is a nicety */
       }
@@ -617,7 +718,7 @@ class WsDriver {
   start() {
     const c = this.c;
     try {
-      this.ws = new WebSocket(c._wsUrl());
+      this.ws = c._openWebSocket();
     } catch (e) {
       // A page or proxy that forbids WebSocket makes the constructor throw.
       c._log({ ev: "ws-construct-failed", error: String(e) });
@@ -660,6 +761,7 @@ class WsDriver {
         break;
       case "error":
         c._emit("error", m);
+        if (m.code === "forbidden") c._clearCache();
         // The hub could not subscribe upstream right now: ask again later.
         if (m.code === "unavailable" && m.kpi && m.period) {
           this.timers.push(

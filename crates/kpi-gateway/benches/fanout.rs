@@ -9,9 +9,9 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kpi_bus::{Bus, BusConfig};
 use kpi_core::{KpiCode, Period, Topic, UpdateKind, UpdateMessage};
-use kpi_gateway::hub::Hub;
-use kpi_gateway::outbox::Outbox;
-use kpi_gateway::topic::{Start, TopicShared};
+use kpi_gateway::fanout::hub::Hub;
+use kpi_gateway::fanout::outbox::Outbox;
+use kpi_gateway::fanout::topic::{Start, TopicShared};
 
 const SUBSCRIBERS: usize = 10_000;
 
@@ -101,6 +101,7 @@ fn lookup(c: &mut Criterion) {
         Bus::memory(BusConfig::default()),
         Duration::from_secs(60),
         16,
+        10_000,
     );
     let topics: Vec<Topic> = (0..10_000).map(topic).collect();
     let interests = rt.block_on(async {

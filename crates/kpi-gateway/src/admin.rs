@@ -10,25 +10,25 @@
 //! gateway applies the stored one when it starts ([`restore_maintenance`]),
 //! so one started during maintenance keeps its doors closed too.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::Utc;
 use kpi_bus::{Live, UpdateSubscription};
+use kpi_core::message::{Accepted, AcceptedTag, SystemEvent};
 use kpi_service::Shutdown;
-use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde::Deserialize;
 
-use crate::access::{Caller, Security};
-use crate::audit;
-use crate::outbox::Outbox;
 use crate::request::ApiError;
-use crate::server::AppState;
+use crate::security::access::Caller;
+use crate::security::audit;
+use crate::security::Security;
+use crate::session::clients::Clients;
+use crate::state::AppState;
 
 /// The bus state holding the last maintenance event.
 pub const MAINTENANCE_STATE: &str = "maintenance";
@@ -36,68 +36,20 @@ pub const MAINTENANCE_STATE: &str = "maintenance";
 /// Longest system message accepted.
 pub const MAX_MESSAGE_CHARS: usize = 1000;
 
-/// What travels on the bus between gateways.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SystemEvent {
-    pub message: String,
-    /// RFC 3339, when the admin call was made.
-    pub at: String,
-    /// Present on maintenance events: the new state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub maintenance: Option<bool>,
-}
+/// Largest admin request body (a message of `MAX_MESSAGE_CHARS` fits many times).
+const MAX_BODY_BYTES: usize = 16 * 1024;
 
-impl SystemEvent {
-    /// The message clients receive.
-    pub fn client_json(&self) -> Bytes {
-        let mut v = json!({"type": "system", "message": self.message, "at": self.at});
-        if let Some(m) = self.maintenance {
-            v["maintenance"] = json!(m);
-        }
-        Bytes::from(v.to_string())
-    }
-}
-
-/// Outboxes of the open WebSocket and SSE connections of this gateway.
-#[derive(Clone, Default)]
-pub(crate) struct Clients {
-    inner: Arc<Mutex<HashMap<u64, Outbox>>>,
-}
-
-impl Clients {
-    /// Lists `outbox` until the returned guard is dropped.
-    pub fn register(&self, outbox: &Outbox) -> Registered {
-        self.inner.lock().insert(outbox.id(), outbox.clone());
-        Registered {
-            clients: self.clone(),
-            id: outbox.id(),
-        }
-    }
-
-    /// Queues `message` for every client; returns how many got it.
-    pub fn push_all(&self, message: &Bytes) -> usize {
-        let outboxes: Vec<Outbox> = self.inner.lock().values().cloned().collect();
-        outboxes
-            .iter()
-            .filter(|o| o.push_control(message.clone()))
-            .count()
-    }
-}
-
-/// A listed connection; dropping it unlists.
-pub(crate) struct Registered {
-    clients: Clients,
-    id: u64,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.clients.inner.lock().remove(&self.id);
-    }
-}
+/// An admin body must arrive within this: a client announcing one and
+/// sending it slowly (or never) must not hold a request open.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Applies system events from the bus until shutdown.
-pub(crate) async fn listen(mut sub: UpdateSubscription, security: Security, shutdown: Shutdown) {
+pub(crate) async fn listen(
+    mut sub: UpdateSubscription,
+    security: Security,
+    clients: Clients,
+    shutdown: Shutdown,
+) {
     loop {
         let item = tokio::select! {
             () = shutdown.recv() => return,
@@ -119,7 +71,7 @@ pub(crate) async fn listen(mut sub: UpdateSubscription, security: Security, shut
             }
         };
         apply_maintenance(&security, &event);
-        let reached = security.clients().push_all(&event.client_json());
+        let reached = clients.push_all(&Bytes::from(event.client_json()));
         tracing::info!(reached, maintenance = ?event.maintenance, "system message delivered");
     }
 }
@@ -172,10 +124,10 @@ struct MaintenanceBody {
 pub(crate) async fn broadcast(
     State(app): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     caller.require_admin("admin_broadcast")?;
-    let b: BroadcastBody = parse_body(&body)?;
+    let b: BroadcastBody = parse_body(&read_body(body).await?)?;
     let message = checked_message(b.message)?;
     publish(&app, &caller, "admin_broadcast", message, None).await
 }
@@ -184,10 +136,10 @@ pub(crate) async fn broadcast(
 pub(crate) async fn maintenance(
     State(app): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     caller.require_admin("admin_maintenance")?;
-    let b: MaintenanceBody = parse_body(&body)?;
+    let b: MaintenanceBody = parse_body(&read_body(body).await?)?;
     let message = match b.message {
         Some(m) => checked_message(m)?,
         None if b.enabled => "maintenance has started".to_string(),
@@ -227,13 +179,35 @@ async fn publish(
         None => "broadcast",
     };
     audit::allowed(action, caller.who(), detail);
-    let body = json!({"type": "accepted", "message": event.message, "at": event.at});
+    let body = Accepted {
+        kind: AcceptedTag::Accepted,
+        message: event.message,
+        at: event.at,
+    };
     Ok((
         StatusCode::ACCEPTED,
         [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
+        serde_json::to_string(&body).unwrap_or_default(),
     )
         .into_response())
+}
+
+/// The body, read only once the caller is known to be an admin: at most
+/// `MAX_BODY_BYTES` (413) within `BODY_TIMEOUT` (408).
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("an admin request body is at most {MAX_BODY_BYTES} bytes"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+        )),
+    }
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

@@ -6,23 +6,17 @@
 //! load (`no-cache` + `ETag`), so a gateway upgrade reaches browsers at once;
 //! the page's own script and style are referenced with `?v=<content hash>`
 //! and cached for a year when the hash matches, since that URL changes with
-//! their content. `GET /api/kpis` lives here too: it exists for the page's
-//! KPI picker.
+//! their content.
 
 use std::sync::OnceLock;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use serde_json::json;
 
-use crate::request::{self, ApiError};
-use crate::server::AppState;
-
-/// At most this many codes in `/api/kpis`: a picker, not an export.
-pub const MAX_LISTED_KPIS: usize = 1000;
+use crate::request;
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
@@ -46,14 +40,13 @@ const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self';
     img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'";
 
 /// The routes of this module, merged into the gateway's router.
-pub(crate) fn routes() -> Router<AppState> {
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(index))
         .route("/index.html", get(index))
         .route("/kpistream.js", get(client))
         .route("/favicon.ico", get(favicon))
         .route("/assets/{name}", get(asset))
-        .route("/api/kpis", get(kpis))
 }
 
 /// FNV-1a 64: stable across builds and platforms, enough to tell versions apart.
@@ -157,28 +150,6 @@ async fn asset(
         REVALIDATE
     };
     serve(&headers, body, content_type, cache)
-}
-
-/// `GET /api/kpis`: `{"kpis":[..]}`, the codes with published updates, sorted.
-async fn kpis(
-    State(app): State<AppState>,
-    caller: crate::access::Caller,
-) -> Result<Response, ApiError> {
-    let codes = app.hub.bus().known_kpis(MAX_LISTED_KPIS).await?;
-    // Only the codes this caller may read: a KPI's name can be a secret too.
-    let list: Vec<&str> = codes
-        .iter()
-        .filter(|c| caller.access.may_read(c))
-        .map(|c| c.as_str())
-        .collect();
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        json!({ "kpis": list }).to_string(),
-    )
-        .into_response())
 }
 
 #[cfg(test)]

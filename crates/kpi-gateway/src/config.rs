@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 
-use crate::auth::JwtSettings;
+use crate::security::auth::JwtSettings;
 
 use crate::GatewayError;
 
@@ -46,6 +46,15 @@ pub struct GatewayArgs {
     /// Subscriptions per `/ws` connection.
     #[arg(long, env = "KPI_MAX_SUBSCRIPTIONS", default_value_t = 200)]
     pub max_subscriptions: usize,
+    /// Distinct topics (KPI and period) one caller may watch at once, over
+    /// all its connections and polls; a caller is a token's subject, or the
+    /// client address when anonymous.
+    #[arg(long, env = "KPI_MAX_TOPICS_PER_CALLER", default_value_t = 5_000)]
+    pub max_topics_per_caller: usize,
+    /// Distinct topics this gateway holds at once (each one upstream
+    /// subscription); lingering ones make room for new ones.
+    #[arg(long, env = "KPI_MAX_TOPICS", default_value_t = 10_000)]
+    pub max_topics: usize,
     /// Inbound messages per second per connection (bursts of twice that).
     #[arg(long, env = "KPI_MAX_MESSAGES_PER_SEC", default_value_t = 50)]
     pub max_messages_per_sec: u32,
@@ -136,6 +145,8 @@ impl GatewayArgs {
             queue_capacity: self.queue_capacity,
             max_connections: self.max_connections,
             max_subscriptions: self.max_subscriptions,
+            max_topics_per_caller: self.max_topics_per_caller,
+            max_topics: self.max_topics,
             max_messages_per_sec: self.max_messages_per_sec,
             max_frame_bytes: self.max_frame_bytes,
             ping_interval: Duration::from_secs(self.ping_interval_secs),
@@ -167,10 +178,15 @@ pub struct GatewaySettings {
     pub linger: Duration,
     /// Queued messages per connection before conflation.
     pub queue_capacity: usize,
-    /// WebSocket (both kinds) plus SSE connections.
+    /// Open sessions: WebSockets (both kinds), SSE streams, waiting polls and
+    /// snapshot, history and list reads being answered.
     pub max_connections: usize,
     /// Subscriptions per `/ws` connection.
     pub max_subscriptions: usize,
+    /// Distinct topics one caller (token subject, or address) watches at once.
+    pub max_topics_per_caller: usize,
+    /// Distinct topics (upstream subscriptions) this gateway holds at once.
+    pub max_topics: usize,
     /// Inbound client messages per second per connection; bursts of twice that.
     pub max_messages_per_sec: u32,
     /// Largest inbound WebSocket frame and message.
@@ -209,6 +225,8 @@ impl Default for GatewaySettings {
             queue_capacity: 256,
             max_connections: 20_000,
             max_subscriptions: 200,
+            max_topics_per_caller: 5_000,
+            max_topics: 10_000,
             max_messages_per_sec: 50,
             max_frame_bytes: 65_536,
             ping_interval: Duration::from_secs(20),
@@ -240,6 +258,9 @@ impl GatewaySettings {
         }
         if self.max_subscriptions == 0 {
             return bad("max subscriptions must be at least 1");
+        }
+        if self.max_topics_per_caller == 0 || self.max_topics == 0 {
+            return bad("max topics (per caller and per gateway) must be at least 1");
         }
         if self.max_messages_per_sec == 0 {
             return bad("max messages per second must be at least 1");

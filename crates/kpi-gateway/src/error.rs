@@ -12,6 +12,9 @@ pub enum GatewayError {
     /// The HTTP server failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    /// Every topic this gateway may hold is watched by someone.
+    #[error("this gateway follows {max} topics, its limit; retry later or on another gateway")]
+    TopicLimit { max: usize },
     /// The gateway is shutting down and takes no new subscriptions.
     #[error("gateway is shutting down")]
     ShuttingDown,

@@ -6,7 +6,10 @@
 //! This loop sets the timer and the timeout, puts the peer's address in each
 //! request (`ConnectInfo<SocketAddr>`, for per-IP limits and the audit log),
 //! keeps WebSocket upgrades working, and drains like `axum::serve`'s
-//! graceful shutdown: stop accepting, let in-flight requests finish.
+//! graceful shutdown: stop accepting, let in-flight requests finish. Each
+//! connection's task is spawned through the process's one [`Shutdown`], and
+//! each request carries an [`Abort`] that ends its connection at once (a
+//! stream whose client stopped reading).
 
 use std::future::Future;
 use std::time::Duration;
@@ -16,21 +19,33 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use kpi_service::Shutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_util::task::TaskTracker;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// Serves `app` on `listener` until `signal` resolves, then waits for open
-/// HTTP exchanges (not upgraded WebSockets, which the caller tracks) to end.
+/// Ends the connection a request came on, without a graceful close: for a
+/// response whose client no longer reads, which nothing else would end.
+#[derive(Clone)]
+pub(crate) struct Abort(CancellationToken);
+
+impl Abort {
+    pub fn fire(&self) {
+        self.0.cancel();
+    }
+}
+
+/// Serves `app` on `listener` until `signal` resolves, then asks open HTTP
+/// exchanges to finish (upgraded WebSockets are the sessions' to close).
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     header_read_timeout: Duration,
+    shutdown: Shutdown,
     signal: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let tracker = TaskTracker::new();
     tokio::pin!(signal);
     loop {
         let (stream, remote) = tokio::select! {
@@ -49,9 +64,12 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let mut stop = stop_rx.clone();
-        tracker.spawn(async move {
+        let abort = CancellationToken::new();
+        shutdown.spawn(async move {
+            let kill = abort.clone();
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(remote));
+                req.extensions_mut().insert(Abort(abort.clone()));
                 app.clone().oneshot(req.map(axum::body::Body::new))
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -69,14 +87,16 @@ pub(crate) async fn serve(
                     }
                     return;
                 }
+                () = kill.cancelled() => return,
                 _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
             }
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn => {}
+                () = kill.cancelled() => {}
+            }
         });
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    tracker.close();
-    tracker.wait().await;
     Ok(())
 }

@@ -17,6 +17,10 @@ pub enum Transport {
     /// `/ws`: many topics per socket.
     WsMux,
     Sse,
+    /// `/api/kpi/<code>/updates`, while it waits.
+    Poll,
+    /// `/api/kpi/<code>`, `/api/kpi/<code>/history` and `/api/kpis`, while answered.
+    Read,
 }
 
 impl Transport {
@@ -25,6 +29,8 @@ impl Transport {
             Transport::Ws => "ws",
             Transport::WsMux => "ws_mux",
             Transport::Sse => "sse",
+            Transport::Poll => "poll",
+            Transport::Read => "read",
         }
     }
 }

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::Path;
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kpi_core::{ErrorMessage, KpiCode, Period, Topic};
@@ -57,6 +58,24 @@ impl From<kpi_bus::BusError> for ApiError {
 }
 
 pub type Query = HashMap<String, String>;
+
+/// A topic endpoint's request: the topic from the path and `period`, and
+/// the rest of the query. Refused as a JSON 400 before the handler runs.
+pub struct TopicQuery {
+    pub topic: Topic,
+    pub query: Query,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TopicQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let path = Path::<String>::from_request_parts(parts, state).await;
+        let query = parse_query(parts.uri.query().unwrap_or(""))?;
+        let topic = topic(path, &query)?;
+        Ok(TopicQuery { topic, query })
+    }
+}
 
 /// The KPI code from the path; a path that is not even UTF-8 is an invalid code too.
 pub fn code(path: Result<Path<String>, PathRejection>) -> Result<KpiCode, ApiError> {

@@ -6,33 +6,37 @@
 //! WebSocket, so a client that stops reading holds a bounded queue.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::Stream;
-use kpi_service::Shutdown;
+use kpi_core::{ErrorMessage, Topic};
+use tokio::task::AbortHandle;
 
-use crate::access::{Caller, ExpiryWatch};
-use crate::admin::Registered;
-use crate::hub::Subscription;
-use crate::limits::Permit;
+use crate::close_codes;
+use crate::fanout::outbox::{Out, Outbox};
+use crate::fanout::topic::Start;
+use crate::http::Abort;
 use crate::metrics::Transport;
-use crate::outbox::{Out, Outbox};
-use crate::request::{self, ApiError};
-use crate::server::AppState;
-use crate::topic::Start;
+use crate::request::{self, ApiError, TopicQuery};
+use crate::security::access::Caller;
+use crate::session::{Session, Subscription};
+use crate::state::AppState;
 
 pub(crate) async fn handler(
     State(app): State<AppState>,
     caller: Caller,
-    path: Result<Path<String>, PathRejection>,
-    Query(q): Query<request::Query>,
+    abort: Option<Extension<Abort>>,
+    TopicQuery { topic, query: q }: TopicQuery,
     headers: HeaderMap,
 ) -> Response {
-    match open(&app, &caller, path, &q, &headers).await {
+    match open(&app, caller, abort.map(|a| a.0), topic, &q, &headers).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -40,14 +44,13 @@ pub(crate) async fn handler(
 
 async fn open(
     app: &AppState,
-    caller: &Caller,
-    path: Result<Path<String>, PathRejection>,
+    caller: Caller,
+    abort: Option<Abort>,
+    topic: Topic,
     q: &request::Query,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let topic = request::topic(path, q)?;
     caller.may_read(&topic.code, "read_sse")?;
-    app.security.admit(caller, headers)?;
     let mut since = request::number(q, "since")?;
     if let Some(h) = headers.get("last-event-id") {
         let parsed = h.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
@@ -58,40 +61,74 @@ async fn open(
             )
         })?);
     }
-    let permit = crate::ws::too_many(app.connections.try_acquire(Transport::Sse))?;
-    let interest = app.hub.watch(topic).await?;
-    let outbox = Outbox::new(app.settings.queue_capacity);
+    let session = Session::admit(app, caller, headers, Transport::Sse)?.open();
     let start = since.map_or(Start::Snapshot, Start::Since);
-    let sub = interest.attach(&outbox, 1, start);
-    let expiry = ExpiryWatch::start(
-        &outbox,
-        caller.access.expires_at(),
-        caller.access.subject().map(str::to_owned),
-    );
+    let sub = session.subscribe(topic, 1, start).await?;
+    let watchdog = abort.map(|abort| {
+        tokio::spawn(watch_stuck(
+            session.outbox().clone(),
+            abort,
+            app.settings.stuck_timeout,
+        ))
+        .abort_handle()
+    });
+    let keepalive = app.settings.sse_keepalive;
+    let app = app.clone();
     let stream = events(Open {
-        _listed: app.security.clients().register(&outbox),
-        _expiry: expiry,
         ending: false,
-        outbox,
+        outbox: session.outbox().clone(),
         _sub: sub,
-        _permit: permit,
-        shutdown: app.shutdown.clone(),
+        _watchdog: watchdog.map(StopOnDrop),
+        _session: session,
+        closing: Box::pin(async move { app.closing().await }),
     });
     Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(app.settings.sse_keepalive))
+        .keep_alive(KeepAlive::new().interval(keepalive))
         .into_response())
 }
 
 /// What an open SSE response holds; dropping it (client gone or shutdown) unsubscribes.
 struct Open {
-    _listed: Registered,
-    _expiry: ExpiryWatch,
     /// A closing error was sent as the last event; end on the next poll.
     ending: bool,
     outbox: Outbox,
     _sub: Subscription,
-    _permit: Permit,
-    shutdown: Shutdown,
+    _watchdog: Option<StopOnDrop>,
+    _session: Session,
+    closing: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+/// Stops a task when the stream that started it ends.
+struct StopOnDrop(AbortHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A client that stops reading blocks the response body, so nothing of the
+/// stream runs: this task watches the queue instead, and like a stuck
+/// WebSocket ends the connection once it stayed unread past `stuck_timeout`.
+async fn watch_stuck(outbox: Outbox, abort: Abort, stuck_timeout: Duration) {
+    let mut tick = tokio::time::interval((stuck_timeout / 4).max(Duration::from_millis(10)));
+    loop {
+        tick.tick().await;
+        if outbox.stalled_for().is_some_and(|d| d >= stuck_timeout) {
+            crate::metrics::slow_consumer_closed();
+            let e = ErrorMessage::new(
+                "slow_consumer",
+                "the stream was not read in time; reconnect with Last-Event-ID",
+            );
+            outbox.close(
+                close_codes::SLOW_CONSUMER,
+                "slow consumer",
+                Some(bytes::Bytes::from(e.to_json())),
+            );
+            abort.fire();
+            return;
+        }
+    }
 }
 
 fn events(open: Open) -> impl Stream<Item = Result<Event, Infallible>> {
@@ -102,7 +139,7 @@ fn events(open: Open) -> impl Stream<Item = Result<Event, Infallible>> {
         loop {
             // Ending the stream on shutdown lets the HTTP server drain.
             let out = tokio::select! {
-                _ = open.shutdown.recv() => None,
+                () = &mut open.closing => None,
                 out = open.outbox.next() => out,
             };
             match out? {

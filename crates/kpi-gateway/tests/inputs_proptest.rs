@@ -5,10 +5,10 @@
 #![allow(clippy::unwrap_used)]
 
 use axum::http::{HeaderMap, HeaderValue};
-use kpi_gateway::auth::{token_from_request, Verifier};
-use kpi_gateway::origin::OriginPolicy;
 use kpi_gateway::request::{parse_query, parse_target};
-use kpi_gateway::ws_mux::parse_client_message;
+use kpi_gateway::security::auth::{token_from_request, Verifier};
+use kpi_gateway::security::origin::OriginPolicy;
+use kpi_gateway::ws::mux::parse_client_message;
 use proptest::prelude::*;
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";

@@ -12,7 +12,7 @@ use common::*;
 use futures::StreamExt;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use kpi_core::Period;
-use kpi_gateway::auth::JwtSettings;
+use kpi_gateway::security::auth::JwtSettings;
 use kpi_gateway::GatewaySettings;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -667,8 +667,9 @@ async fn admin_broadcast_and_maintenance_need_the_admin_claim_and_reach_every_cl
     .await;
     let (status, b) = http(gw.addr, "GET", "/sse/kpi/sales_eu", &[], "").await;
     assert_eq!((status, b["code"].as_str()), (503, Some("maintenance")));
-    // Reads over plain HTTP go on; connected clients stay.
-    assert_eq!(gw.get("/api/kpi/sales_eu").await.0, 200);
+    // Every transport passes the same door: plain HTTP reads too. Connected clients stay.
+    let (status, b) = gw.get("/api/kpi/sales_eu").await;
+    assert_eq!((status, b["code"].as_str()), (503, Some("maintenance")));
     let off = r#"{"enabled":false}"#;
     let (status, _) = http(
         gw.addr,

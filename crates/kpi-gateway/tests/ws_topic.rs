@@ -121,8 +121,11 @@ async fn resume_with_since_gets_exactly_the_missed_updates() {
     );
     publish(&gw.bus, &t, 61).await;
     assert_eq!(seq(&recv(&mut ws).await), 61);
-    // Already up to date: nothing old at all.
+    // At the latest seq: one snapshot of it (the client may hold another
+    // series' 61, after a seq reset), then live updates.
     let mut ws2 = gw.ws("/ws/kpi/revenue_eur?since=61").await;
+    let m = recv(&mut ws2).await;
+    assert_eq!((m["type"].as_str(), seq(&m)), (Some("snapshot"), 61));
     assert!(try_recv(&mut ws2, Duration::from_millis(200))
         .await
         .is_none());

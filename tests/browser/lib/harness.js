@@ -144,6 +144,20 @@ export async function startStack({ demo = true, natsUrl, httpPort, grpcPort, ext
   return { proc, base, httpPort, grpcPort, grpcAddr: `127.0.0.1:${grpcPort}` };
 }
 
+/** `kpi-gateway` alone from target/debug, on `natsUrl`, with `extraArgs`. */
+export async function startGateway({ natsUrl, extraArgs = [] }) {
+  const httpPort = await freePort();
+  const args = ["--listen", `127.0.0.1:${httpPort}`, "--drain-secs", "3", ...extraArgs];
+  const env = { ...process.env, NATS_URL: natsUrl, RUST_LOG: process.env.RUST_LOG || "warn" };
+  const proc = track(path.join(BIN_DIR, "kpi-gateway"), args, { env });
+  const base = `http://127.0.0.1:${httpPort}`;
+  await waitFor(`kpi-gateway at ${base} to be ready`, async () => {
+    if (proc.child.exitCode !== null) throw new Error(`kpi-gateway exited: ${proc.log.slice(-2000)}`);
+    return httpOk(`${base}/readyz`);
+  }, 30000);
+  return { proc, base, httpPort };
+}
+
 export async function getJson(url) {
   const res = await fetch(url, { signal: AbortSignal.timeout(10000) });
   if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`);

@@ -314,3 +314,91 @@ impl Sse {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// A response read off a raw socket: status, head (lower-cased) and the body
+/// that arrived with it (all of it when `Content-Length` says how much).
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+    /// Still open: a WebSocket or an SSE stream keeps its slot while this lives.
+    pub stream: TcpStream,
+}
+
+impl RawResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        let name = format!("{}:", name.to_ascii_lowercase());
+        self.head
+            .lines()
+            .find_map(|l| l.strip_prefix(&name).map(|v| v.trim().to_string()))
+    }
+}
+
+/// The headers of a valid WebSocket handshake.
+pub const UPGRADE_HEADERS: &[(&str, &str)] = &[
+    ("Connection", "Upgrade"),
+    ("Upgrade", "websocket"),
+    ("Sec-WebSocket-Version", "13"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+];
+
+/// Sends one request on a fresh connection and reads the answer's head (and
+/// its body when it has a length); the connection stays open.
+pub async fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> RawResponse {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = find(&raw, b"\r\n\r\n") {
+            break end;
+        }
+        let n = tokio::time::timeout(STEP, stream.read(&mut buf))
+            .await
+            .expect("response head in time")
+            .unwrap();
+        assert!(n > 0, "closed before a response head: {raw:?}");
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut body = raw[end + 4..].to_vec();
+    let length = head.lines().find_map(|l| {
+        l.strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    });
+    if let Some(length) = length {
+        while body.len() < length {
+            let n = tokio::time::timeout(STEP, stream.read(&mut buf))
+                .await
+                .expect("response body in time")
+                .unwrap();
+            assert!(n > 0, "closed inside the body");
+            body.extend_from_slice(&buf[..n]);
+        }
+    }
+    RawResponse {
+        status,
+        head,
+        body: String::from_utf8_lossy(&body).to_string(),
+        stream,
+    }
+}

@@ -1,6 +1,8 @@
-//! Inbound message rate limit per connection: a token bucket, and a wider one for abuse.
+//! Inbound message rate limit per WebSocket: a token bucket, and a wider one for abuse.
 
 use std::time::Instant;
+
+use kpi_service::TokenBucket;
 
 /// What to do with one inbound message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,51 +14,21 @@ pub enum Verdict {
     Abuse,
 }
 
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-}
-
-impl Bucket {
-    fn new(rate: f64, burst: f64) -> Self {
-        Bucket {
-            rate,
-            burst,
-            tokens: burst,
-        }
-    }
-
-    fn refill(&mut self, secs: f64) {
-        self.tokens = (self.tokens + secs * self.rate).min(self.burst);
-    }
-
-    fn take(&mut self) -> bool {
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// `rate` messages per second with bursts of `2 * rate`; every message, allowed
 /// or not, also draws on a bucket five times as large, whose exhaustion means
 /// the client keeps flooding after being told to slow down.
 pub struct RateLimiter {
-    normal: Bucket,
-    abuse: Bucket,
-    last: Instant,
+    normal: TokenBucket,
+    abuse: TokenBucket,
 }
 
 impl RateLimiter {
     pub fn new(per_sec: u32) -> Self {
         let rate = f64::from(per_sec.max(1));
+        let now = Instant::now();
         RateLimiter {
-            normal: Bucket::new(rate, 2.0 * rate),
-            abuse: Bucket::new(5.0 * rate, 10.0 * rate),
-            last: Instant::now(),
+            normal: TokenBucket::new(rate, 2.0 * rate, now),
+            abuse: TokenBucket::new(5.0 * rate, 10.0 * rate, now),
         }
     }
 
@@ -65,14 +37,10 @@ impl RateLimiter {
     }
 
     pub fn check_at(&mut self, now: Instant) -> Verdict {
-        let secs = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.normal.refill(secs);
-        self.abuse.refill(secs);
-        if !self.abuse.take() {
+        if !self.abuse.try_take(1.0, now) {
             return Verdict::Abuse;
         }
-        if self.normal.take() {
+        if self.normal.try_take(1.0, now) {
             Verdict::Allow
         } else {
             Verdict::Limited

@@ -6,32 +6,23 @@
 //! before the subscription's snapshot, so a dashboard can set up its widget first.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use kpi_core::message::{Pong, Reply, ReplyKind, MAX_PING_ID_BYTES};
 use kpi_core::{ClientMessage, ErrorMessage, KpiCode, Period, Topic};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::access::{Access, Caller, ExpiryWatch};
-use crate::admin::Registered;
-use crate::audit;
-use crate::close_codes;
-use crate::connection::{self, error_bytes, Flow, Inbound, Timing};
-use crate::hub::Subscription;
-use crate::limits::Permit;
+use crate::fanout::topic::Start;
 use crate::metrics::Transport;
-use crate::outbox::Outbox;
-use crate::rate::{RateLimiter, Verdict};
-use crate::server::AppState;
-use crate::topic::Start;
-use crate::ws_upgrade::{RawSocket, Upgrade, UpgradeRejection};
-
-/// At most one `rate_limited` reply per this interval: answering every
-/// flooded message would make us write as fast as the flooder writes.
-const RATE_REPLY_EVERY: Duration = Duration::from_secs(1);
+use crate::security::access::{Access, Caller};
+use crate::security::audit;
+use crate::session::{Session, Subscription};
+use crate::state::AppState;
+use crate::ws::connection::{self, error_bytes, push_reply, Flow, Inbound, Timing};
+use crate::ws::upgrade::{Upgrade, UpgradeRejection};
 
 pub(crate) async fn handler(
     State(app): State<AppState>,
@@ -39,55 +30,41 @@ pub(crate) async fn handler(
     headers: HeaderMap,
     ws: Result<Upgrade, UpgradeRejection>,
 ) -> Response {
+    let admitted = match Session::admit(&app, caller, &headers, Transport::WsMux) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    if let Err(e) = app.security.admit(&caller, &headers) {
-        return e.into_response();
-    }
-    let permit = match crate::ws::too_many(app.connections.try_acquire(Transport::WsMux)) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    ws.on_upgrade(move |socket| serve(socket, app, permit, caller))
-}
-
-async fn serve(socket: RawSocket, app: AppState, permit: Permit, caller: Caller) {
-    let outbox = Outbox::new(app.settings.queue_capacity);
-    let expiry = ExpiryWatch::start(
-        &outbox,
-        caller.access.expires_at(),
-        caller.access.subject().map(str::to_owned),
-    );
-    let mux = Mux {
-        _listed: app.security.clients().register(&outbox),
-        expiry,
-        caller,
-        limiter: RateLimiter::new(app.settings.max_messages_per_sec),
-        last_rate_reply: None,
-        subs: HashMap::new(),
-        next_id: 1,
-        outbox: outbox.clone(),
-        app: app.clone(),
-    };
-    let timing = Timing::from_settings(&app.settings);
-    // `mux` (and with it every subscription) is dropped when drive returns.
-    connection::drive(socket, outbox, mux, timing, app.shutdown.clone()).await;
-    drop(permit);
+    let session = admitted.open();
+    ws.on_upgrade(move |socket| async move {
+        let app = session.app().clone();
+        let outbox = session.outbox().clone();
+        let mux = Mux {
+            session,
+            subs: HashMap::new(),
+            next_id: 1,
+        };
+        // `mux` (and with it every subscription, then the session) is
+        // dropped when drive returns.
+        connection::drive(
+            socket,
+            outbox,
+            mux,
+            Timing::from_settings(&app.settings),
+            app.closing(),
+        )
+        .await;
+    })
 }
 
 struct Mux {
-    app: AppState,
-    /// Who this connection is; replaced by a refreshing `auth` message.
-    caller: Caller,
-    expiry: ExpiryWatch,
-    _listed: Registered,
-    outbox: Outbox,
+    // Declared first: subscriptions go before the session that holds the slot.
     subs: HashMap<Topic, Subscription>,
+    session: Session,
     next_id: u64,
-    limiter: RateLimiter,
-    last_rate_reply: Option<Instant>,
 }
 
 /// Why a message was refused: machine code, human text, and the subscription it was about.
@@ -114,9 +91,6 @@ impl Refusal {
 
 impl Inbound for Mux {
     async fn on_text(&mut self, text: &str) -> Flow {
-        if let Some(flow) = self.rate_check() {
-            return flow;
-        }
         let reply = match self.handle(text).await {
             Ok(Some(reply)) => reply,
             Ok(None) => return Flow::Continue,
@@ -133,9 +107,6 @@ impl Inbound for Mux {
     }
 
     async fn on_binary(&mut self) -> Flow {
-        if let Some(flow) = self.rate_check() {
-            return flow;
-        }
         crate::metrics::rejected("bad_message");
         let e = ErrorMessage::new(
             "bad_message",
@@ -147,51 +118,7 @@ impl Inbound for Mux {
 
 impl Mux {
     fn send(&self, reply: Bytes) -> Flow {
-        if self.outbox.push_control(reply) {
-            Flow::Continue
-        } else {
-            crate::metrics::slow_consumer_closed();
-            let e = ErrorMessage::new("slow_consumer", "replies were not read");
-            Flow::Close {
-                code: close_codes::SLOW_CONSUMER,
-                reason: "slow consumer",
-                error: Some(error_bytes(&e)),
-            }
-        }
-    }
-
-    /// `Some` when this message must not be handled.
-    fn rate_check(&mut self) -> Option<Flow> {
-        match self.limiter.check() {
-            Verdict::Allow => None,
-            Verdict::Limited => {
-                crate::metrics::rejected("rate_limited");
-                let due = self
-                    .last_rate_reply
-                    .is_none_or(|t| t.elapsed() >= RATE_REPLY_EVERY);
-                if !due {
-                    return Some(Flow::Continue);
-                }
-                self.last_rate_reply = Some(Instant::now());
-                let e = ErrorMessage::new(
-                    "rate_limited",
-                    format!(
-                        "more than {} messages per second; this message was ignored",
-                        self.app.settings.max_messages_per_sec
-                    ),
-                );
-                Some(self.send(error_bytes(&e)))
-            }
-            Verdict::Abuse => {
-                crate::metrics::rejected("flooding");
-                let e = ErrorMessage::new("rate_limited", "kept flooding past the rate limit");
-                Some(Flow::Close {
-                    code: close_codes::POLICY,
-                    reason: "rate limit exceeded",
-                    error: Some(error_bytes(&e)),
-                })
-            }
-        }
+        push_reply(self.session.outbox(), reply)
     }
 
     async fn handle(&mut self, text: &str) -> Result<Option<Bytes>, Refusal> {
@@ -206,13 +133,22 @@ impl Mux {
                 if self.subs.remove(&topic).is_none() {
                     return Err(not_subscribed(&kpi, &period));
                 }
-                Ok(Some(reply("unsubscribed", Some(&topic))))
+                Ok(Some(reply(ReplyKind::Unsubscribed, Some(&topic))))
             }
             ClientMessage::Pause { kpi, period } => self.pause(kpi, period, true).map(Some),
             ClientMessage::Resume { kpi, period } => self.pause(kpi, period, false).map(Some),
-            ClientMessage::Ping { id } => Ok(Some(Bytes::from(
-                json!({"type": "pong", "id": id.unwrap_or(Value::Null)}).to_string(),
-            ))),
+            ClientMessage::Ping { id } => {
+                // Echoed: an id of any size would make us write what a client
+                // sends, as fast as it sends it.
+                let size = id.as_ref().map_or(0, |v| v.to_string().len());
+                if size > MAX_PING_ID_BYTES {
+                    return Err(Refusal::new(
+                        "bad_message",
+                        format!("a ping id is at most {MAX_PING_ID_BYTES} bytes of JSON"),
+                    ));
+                }
+                Ok(Some(Bytes::from(Pong::new(id).to_json())))
+            }
         }
     }
 
@@ -223,8 +159,9 @@ impl Mux {
         since: Option<u64>,
     ) -> Result<Option<Bytes>, Refusal> {
         let topic = parse_topic(kpi, period)?;
-        if !self.caller.access.may_read(&topic.code) {
-            audit::denied("subscribe", "forbidden_kpi", self.caller.who(), Some(kpi));
+        let caller = self.session.caller();
+        if !caller.access.may_read(&topic.code) {
+            audit::denied("subscribe", "forbidden_kpi", caller.who(), Some(kpi));
             return Err(
                 Refusal::new("forbidden", format!("this token may not read KPI {kpi:?}"))
                     .about(kpi, period),
@@ -232,29 +169,28 @@ impl Mux {
         }
         // Subscribing again to the same topic restarts it (fresh snapshot or resume).
         self.subs.remove(&topic);
-        if self.subs.len() >= self.app.settings.max_subscriptions {
+        let max = self.session.app().settings.max_subscriptions;
+        if self.subs.len() >= max {
             return Err(Refusal::new(
                 "too_many_subscriptions",
-                format!(
-                    "at most {} subscriptions per connection",
-                    self.app.settings.max_subscriptions
-                ),
+                format!("at most {max} subscriptions per connection"),
             )
             .about(kpi, period));
         }
-        let interest = self.app.hub.watch(topic.clone()).await.map_err(|e| {
-            Refusal::new("unavailable", format!("cannot subscribe right now: {e}"))
-                .about(kpi, period)
-        })?;
-        // The ack goes out before the snapshot that attach queues.
-        if let Flow::Close { .. } = self.send(reply("subscribed", Some(&topic))) {
+        let watch = self
+            .session
+            .watch(topic.clone())
+            .await
+            .map_err(|e| Refusal::new(e.code(), e.message()).about(kpi, period))?;
+        // The ack goes out before the snapshot that attaching queues.
+        if let Flow::Close { .. } = self.send(reply(ReplyKind::Subscribed, Some(&topic))) {
             return Err(Refusal::new("slow_consumer", "replies were not read"));
         }
         let id = self.next_id;
         self.next_id += 1;
         let start = since.map_or(Start::Snapshot, Start::Since);
         self.subs
-            .insert(topic, interest.attach(&self.outbox, id, start));
+            .insert(topic, watch.attach(&self.session, id, start));
         // The reply was queued above.
         Ok(None)
     }
@@ -265,7 +201,11 @@ impl Mux {
         period: Option<String>,
         pause: bool,
     ) -> Result<Bytes, Refusal> {
-        let what = if pause { "paused" } else { "resumed" };
+        let what = if pause {
+            ReplyKind::Paused
+        } else {
+            ReplyKind::Resumed
+        };
         let topic = match (kpi, period) {
             (None, None) => None,
             (Some(kpi), period) => {
@@ -288,9 +228,9 @@ impl Mux {
             },
         };
         if pause {
-            self.outbox.pause(sub);
+            self.session.outbox().pause(sub);
         } else {
-            self.outbox.resume(sub);
+            self.session.outbox().resume(sub);
         }
         Ok(reply(what, topic.as_ref()))
     }
@@ -301,17 +241,22 @@ impl Mux {
     /// grant and expiry; subscriptions it no longer covers are dropped, each
     /// with a `forbidden` error. A bad token changes nothing.
     fn reauthenticate(&mut self, token: &str) -> Result<Bytes, Refusal> {
-        let grant = self.app.security.verify(token).map_err(|e| {
-            audit::denied("reauthenticate", e.reason(), self.caller.who(), None);
+        let grant = self.session.app().security.verify(token).map_err(|e| {
+            audit::denied(
+                "reauthenticate",
+                e.reason(),
+                self.session.caller().who(),
+                None,
+            );
             Refusal::new("unauthorized", e.to_string())
         })?;
-        self.expiry.set(Some(grant.expires_at));
-        self.caller.access = Access::Token(grant);
-        audit::allowed("reauthenticate", self.caller.who(), "token refreshed");
+        self.session.reauthenticate(Access::Token(grant));
+        let caller = self.session.caller();
+        audit::allowed("reauthenticate", caller.who(), "token refreshed");
         let lost: Vec<Topic> = self
             .subs
             .keys()
-            .filter(|t| !self.caller.access.may_read(&t.code))
+            .filter(|t| !caller.access.may_read(&t.code))
             .cloned()
             .collect();
         for topic in lost {
@@ -319,7 +264,7 @@ impl Mux {
             audit::denied(
                 "resubscribe",
                 "forbidden_kpi",
-                self.caller.who(),
+                self.session.caller().who(),
                 Some(topic.code.as_str()),
             );
             let e = ErrorMessage::new(
@@ -331,7 +276,7 @@ impl Mux {
                 return Err(Refusal::new("slow_consumer", "replies were not read"));
             }
         }
-        Ok(reply("authenticated", None))
+        Ok(reply(ReplyKind::Authenticated, None))
     }
 }
 
@@ -382,10 +327,6 @@ fn not_subscribed(kpi: &str, period: &str) -> Refusal {
     Refusal::new("not_subscribed", "no such subscription on this connection").about(kpi, period)
 }
 
-fn reply(kind: &str, topic: Option<&Topic>) -> Bytes {
-    let v = match topic {
-        Some(t) => json!({"type": kind, "kpi": t.code.as_str(), "period": t.period.as_str()}),
-        None => json!({"type": kind}),
-    };
-    Bytes::from(v.to_string())
+fn reply(kind: ReplyKind, topic: Option<&Topic>) -> Bytes {
+    Bytes::from(Reply::new(kind, topic.map(|t| (&t.code, t.period))).to_json())
 }

@@ -159,7 +159,7 @@ impl Decoder {
             payload,
         } = frame;
         match opcode {
-            CLOSE => Ok(Some(Incoming::Close)),
+            CLOSE => check_close(&payload).map(|()| Some(Incoming::Close)),
             PING => Ok(Some(Incoming::Ping(payload.freeze()))),
             PONG => Ok(Some(Incoming::Pong)),
             TEXT | BINARY => {
@@ -193,6 +193,28 @@ impl Decoder {
             _ => Err(FrameError::Protocol("unknown opcode")),
         }
     }
+}
+
+/// A client's close frame must carry nothing, or a code a peer may send
+/// (RFC 6455 7.4) and a UTF-8 reason.
+fn check_close(payload: &[u8]) -> Result<(), FrameError> {
+    let (code, reason) = match payload {
+        [] => return Ok(()),
+        [_] => {
+            return Err(FrameError::Protocol(
+                "a close frame with a one-byte payload",
+            ))
+        }
+        [hi, lo, reason @ ..] => (u16::from_be_bytes([*hi, *lo]), reason),
+    };
+    // 1004-1006 and 1015 are reserved (never on the wire); 1016-2999 are
+    // unassigned; 3000-4999 belong to libraries and applications.
+    let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+    if !sendable {
+        return Err(FrameError::Protocol("a close code a peer may not send"));
+    }
+    std::str::from_utf8(reason).map_err(|_| FrameError::BadUtf8)?;
+    Ok(())
 }
 
 struct Frame {
@@ -281,6 +303,7 @@ mod tests {
         bytes.extend(client_frame(true, BINARY, &[0, 1, 2]));
         bytes.extend(client_frame(true, TEXT, &vec![b'a'; 300]));
         bytes.extend(client_frame(true, CLOSE, &1000u16.to_be_bytes()));
+        bytes.extend(client_frame(true, CLOSE, &[]));
         let got = decode_all(&bytes, 1024).expect("valid frames");
         assert_eq!(
             got,
@@ -290,6 +313,7 @@ mod tests {
                 Incoming::Text("hello".into()),
                 Incoming::Binary,
                 Incoming::Text("a".repeat(300)),
+                Incoming::Close,
                 Incoming::Close,
             ]
         );
@@ -304,6 +328,28 @@ mod tests {
         let mut bytes = client_frame(false, TEXT, &[b'x'; 600]);
         bytes.extend(client_frame(true, CONTINUATION, &[b'x'; 600]));
         assert_eq!(decode_all(&bytes, 1024), Err(FrameError::TooBig));
+    }
+
+    #[test]
+    fn close_frames_carry_a_sendable_code_and_a_utf8_reason() {
+        let close = |payload: &[u8]| decode_all(&client_frame(true, CLOSE, payload), 1024);
+        assert_eq!(close(&4000u16.to_be_bytes()), Ok(vec![Incoming::Close]));
+        assert_eq!(
+            close(&[&1001u16.to_be_bytes()[..], b"bye"].concat()),
+            Ok(vec![Incoming::Close])
+        );
+        for bad in [
+            &[3u8][..],
+            &1005u16.to_be_bytes(),
+            &999u16.to_be_bytes(),
+            &5000u16.to_be_bytes(),
+        ] {
+            assert!(
+                matches!(close(bad), Err(FrameError::Protocol(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(close(&[0x03, 0xE8, 0xff]), Err(FrameError::BadUtf8));
     }
 
     #[test]

@@ -12,14 +12,18 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kpi_core::ErrorMessage;
-use kpi_service::Shutdown;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
 use crate::close_codes;
-use crate::outbox::{Out, Outbox};
-use crate::ws_frame::{self, Decoder, FrameError, Incoming};
-use crate::ws_upgrade::{RawSocket, SocketWriter};
+use crate::fanout::outbox::{Out, Outbox};
+use crate::ws::frame::{self, Decoder, FrameError, Incoming};
+use crate::ws::message_rate::{RateLimiter, Verdict};
+use crate::ws::upgrade::{RawSocket, SocketWriter};
+
+/// At most one `rate_limited` reply per this interval: answering every
+/// flooded message would make us write as fast as the flooder writes.
+const RATE_REPLY_EVERY: Duration = Duration::from_secs(1);
 
 /// Messages written in one syscall, so a burst costs few of them.
 const MAX_BATCH: usize = 64;
@@ -62,6 +66,8 @@ pub(crate) struct Timing {
     pub close_grace: Duration,
     /// Largest message (and frame) a client may send.
     pub max_message: usize,
+    /// Inbound messages (text, binary, pings) per second; bursts of twice that.
+    pub max_messages_per_sec: u32,
 }
 
 impl Timing {
@@ -74,6 +80,7 @@ impl Timing {
                 .drain
                 .clamp(Duration::from_millis(100), Duration::from_secs(10)),
             max_message: s.max_frame_bytes,
+            max_messages_per_sec: s.max_messages_per_sec,
         }
     }
 }
@@ -91,14 +98,81 @@ enum End {
     Gone,
 }
 
-/// Runs a connection until it ends. Returns when the socket is finished with.
+/// The inbound message rate of one connection: every text, binary and
+/// ping frame draws on it, whatever the socket does with it.
+struct MessageRate {
+    limiter: RateLimiter,
+    per_sec: u32,
+    last_reply: Option<Instant>,
+}
+
+impl MessageRate {
+    /// `None` when the message may be handled; otherwise what to do instead
+    /// (a throttled `rate_limited` error, or closing a flooder with 1008).
+    fn check(&mut self, outbox: &Outbox) -> Option<Flow> {
+        match self.limiter.check() {
+            Verdict::Allow => None,
+            Verdict::Limited => {
+                crate::metrics::rejected("rate_limited");
+                let due = self
+                    .last_reply
+                    .is_none_or(|t| t.elapsed() >= RATE_REPLY_EVERY);
+                if due {
+                    self.last_reply = Some(Instant::now());
+                    let e = ErrorMessage::new(
+                        "rate_limited",
+                        format!(
+                            "more than {} messages per second; this message was ignored",
+                            self.per_sec
+                        ),
+                    );
+                    return Some(push_reply(outbox, error_bytes(&e)));
+                }
+                Some(Flow::Continue)
+            }
+            Verdict::Abuse => {
+                crate::metrics::rejected("flooding");
+                let e = ErrorMessage::new("rate_limited", "kept flooding past the rate limit");
+                Some(Flow::Close {
+                    code: close_codes::POLICY,
+                    reason: "rate limit exceeded",
+                    error: Some(error_bytes(&e)),
+                })
+            }
+        }
+    }
+}
+
+/// Queues a reply, or closes a client that leaves its replies unread.
+pub(crate) fn push_reply(outbox: &Outbox, reply: Bytes) -> Flow {
+    if outbox.push_control(reply) {
+        Flow::Continue
+    } else {
+        crate::metrics::slow_consumer_closed();
+        let e = ErrorMessage::new("slow_consumer", "replies were not read");
+        Flow::Close {
+            code: close_codes::SLOW_CONSUMER,
+            reason: "slow consumer",
+            error: Some(error_bytes(&e)),
+        }
+    }
+}
+
+/// Runs a connection until it ends (or `closing` resolves: the gateway
+/// drains). Returns when the socket is finished with.
 pub(crate) async fn drive<H: Inbound>(
     socket: RawSocket,
     outbox: Outbox,
     mut inbound: H,
     timing: Timing,
-    shutdown: Shutdown,
+    closing: impl Future<Output = ()> + Send,
 ) {
+    tokio::pin!(closing);
+    let mut rate = MessageRate {
+        limiter: RateLimiter::new(timing.max_messages_per_sec),
+        per_sec: timing.max_messages_per_sec,
+        last_reply: None,
+    };
     let RawSocket {
         mut reader,
         writer,
@@ -128,7 +202,7 @@ pub(crate) async fn drive<H: Inbound>(
     let mut last_heard = Instant::now();
     let end = loop {
         tokio::select! {
-            _ = shutdown.recv() => {
+            () = &mut closing => {
                 break End::Close(close_codes::RESTART, close_codes::RESTART_REASON, None);
             }
             _ = &mut writer => break End::Gone,
@@ -151,15 +225,20 @@ pub(crate) async fn drive<H: Inbound>(
                     Err(ReadError::Io) => break End::Gone,
                 };
                 last_heard = Instant::now();
-                let flow = match msg {
-                    Incoming::Text(t) => inbound.on_text(&t).await,
-                    Incoming::Binary => inbound.on_binary().await,
-                    Incoming::Close => break End::PeerClosed,
-                    Incoming::Ping(payload) => {
+                let limited = match msg {
+                    Incoming::Text(_) | Incoming::Binary | Incoming::Ping(_) => rate.check(&outbox),
+                    Incoming::Pong | Incoming::Close => None,
+                };
+                let flow = match (limited, msg) {
+                    (Some(flow), _) => flow,
+                    (None, Incoming::Text(t)) => inbound.on_text(&t).await,
+                    (None, Incoming::Binary) => inbound.on_binary().await,
+                    (None, Incoming::Close) => break End::PeerClosed,
+                    (None, Incoming::Ping(payload)) => {
                         outbox.push_pong(payload);
                         Flow::Continue
                     }
-                    Incoming::Pong => Flow::Continue,
+                    (None, Incoming::Pong) => Flow::Continue,
                 };
                 if let Flow::Close { code, reason, error } = flow {
                     break End::Close(code, reason, error);
@@ -288,20 +367,18 @@ async fn write_loop(mut w: SocketWriter, outbox: Outbox) {
 /// Appends `out` as WebSocket frames.
 fn encode(buf: &mut Vec<u8>, out: Out) {
     match out {
-        Out::Data { bytes, .. } | Out::Control(bytes) => {
-            ws_frame::encode(buf, ws_frame::TEXT, &bytes)
-        }
-        Out::Ping => ws_frame::encode(buf, ws_frame::PING, &[]),
-        Out::Pong(payload) => ws_frame::encode(buf, ws_frame::PONG, &payload),
+        Out::Data { bytes, .. } | Out::Control(bytes) => frame::encode(buf, frame::TEXT, &bytes),
+        Out::Ping => frame::encode(buf, frame::PING, &[]),
+        Out::Pong(payload) => frame::encode(buf, frame::PONG, &payload),
         Out::Close {
             code,
             reason,
             error,
         } => {
             if let Some(e) = error {
-                ws_frame::encode(buf, ws_frame::TEXT, &e);
+                frame::encode(buf, frame::TEXT, &e);
             }
-            ws_frame::encode_close(buf, code, reason);
+            frame::encode_close(buf, code, reason);
         }
     }
 }

@@ -7,6 +7,10 @@
 //! and only then reads the stored recent updates, so no update can fall
 //! between the two: anything published meanwhile is in both, and duplicates
 //! are dropped by `seq`.
+//!
+//! At most `max_topics` topics are held at once. At the cap a lingering
+//! topic (nobody watches it) is dropped to make room; when every held topic
+//! is watched, a new one is refused with [`GatewayError::TopicLimit`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,9 +20,10 @@ use std::time::Duration;
 use kpi_bus::{Bus, Live, UpdateSubscription};
 use kpi_core::Topic;
 use parking_lot::Mutex;
+use tokio::task::AbortHandle;
 
-use crate::outbox::{Outbox, SubId};
-use crate::topic::{parse_batch, parse_seq, Start, TopicShared};
+use crate::fanout::outbox::{Outbox, SubId};
+use crate::fanout::topic::{parse_batch, parse_seq, Start, TopicShared};
 use crate::GatewayError;
 
 /// Longest pause between attempts to resubscribe after the bus dropped a subscription.
@@ -33,17 +38,45 @@ struct HubInner {
     bus: Bus,
     linger: Duration,
     window: usize,
-    topics: Mutex<HashMap<Topic, Arc<TopicShared>>>,
+    /// Most topics held at once (watched or lingering).
+    max_topics: usize,
+    topics: Mutex<HashMap<Topic, Held>>,
     closed: AtomicBool,
 }
 
+/// One held topic and the hub's bookkeeping of it; only the hub touches these.
+struct Held {
+    topic: Arc<TopicShared>,
+    /// Local interest: subscriptions plus requests being set up.
+    holders: usize,
+    /// Bumped on every change of interest, so a stale linger timer does nothing.
+    linger_epoch: u64,
+    /// The running upstream task, while subscribed upstream.
+    upstream: Option<AbortHandle>,
+    /// Serializes starting the upstream subscription.
+    starting: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Held {
+    /// Stops following upstream; the gauge counts exactly the running ones.
+    fn stop(&mut self) {
+        if let Some(task) = self.upstream.take() {
+            task.abort();
+            crate::metrics::upstream_held(-1.0);
+        }
+    }
+}
+
 impl Hub {
-    pub fn new(bus: Bus, linger: Duration, resume_window: usize) -> Hub {
+    /// A hub keeping `resume_window` updates per topic and holding at most
+    /// `max_topics` topics (lingering ones make room for new ones).
+    pub fn new(bus: Bus, linger: Duration, resume_window: usize, max_topics: usize) -> Hub {
         Hub {
             inner: Arc::new(HubInner {
                 bus,
                 linger,
                 window: resume_window.max(1),
+                max_topics: max_topics.max(1),
                 topics: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
             }),
@@ -56,38 +89,42 @@ impl Hub {
 
     /// Registers local interest in `topic`, subscribing upstream if it is the
     /// first. The interest lasts until the returned value is dropped.
+    /// [`GatewayError::TopicLimit`] when `max_topics` are watched.
     pub async fn watch(&self, topic: Topic) -> Result<Interest, GatewayError> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(GatewayError::ShuttingDown);
         }
-        let shared = {
+        let (shared, starting) = {
             let mut topics = self.inner.topics.lock();
-            let shared = topics
-                .entry(topic.clone())
-                .or_insert_with(|| TopicShared::new(topic, self.inner.window))
-                .clone();
-            let mut st = shared.state.lock();
-            st.holders += 1;
+            if !topics.contains_key(&topic) && topics.len() >= self.inner.max_topics {
+                make_room(&mut topics, self.inner.max_topics)?;
+            }
+            let held = topics.entry(topic.clone()).or_insert_with(|| Held {
+                topic: TopicShared::new(topic, self.inner.window),
+                holders: 0,
+                linger_epoch: 0,
+                upstream: None,
+                starting: Arc::new(tokio::sync::Mutex::new(())),
+            });
+            held.holders += 1;
             // Cancels a pending linger expiry.
-            st.linger_epoch += 1;
-            drop(st);
-            shared
+            held.linger_epoch += 1;
+            (held.topic.clone(), held.starting.clone())
         };
         // From here on, dropping `interest` (also on error) releases it.
         let interest = Interest {
             hub: self.clone(),
             topic: shared,
         };
-        self.ensure_upstream(&interest.topic).await?;
+        self.ensure_upstream(&interest.topic, &starting).await?;
         Ok(interest)
     }
 
     /// The topic if this gateway currently follows it upstream.
     pub fn watched(&self, topic: &Topic) -> Option<Arc<TopicShared>> {
         let topics = self.inner.topics.lock();
-        let shared = topics.get(topic)?;
-        let running = shared.state.lock().upstream.is_some();
-        running.then(|| shared.clone())
+        let held = topics.get(topic)?;
+        held.upstream.is_some().then(|| held.topic.clone())
     }
 
     /// Topics currently held (subscribed upstream or lingering).
@@ -98,46 +135,60 @@ impl Hub {
     /// Drops every upstream subscription and refuses new interest.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
-        let drained: Vec<_> = self.inner.topics.lock().drain().map(|(_, t)| t).collect();
-        for t in drained {
-            if let Some(task) = t.state.lock().upstream.take() {
-                task.abort();
-            }
+        let drained: Vec<Held> = self.inner.topics.lock().drain().map(|(_, t)| t).collect();
+        for mut held in drained {
+            held.stop();
         }
     }
 
-    async fn ensure_upstream(&self, shared: &Arc<TopicShared>) -> Result<(), GatewayError> {
-        let _starting = shared.start.lock().await;
-        if shared.state.lock().upstream.is_some() {
+    async fn ensure_upstream(
+        &self,
+        shared: &Arc<TopicShared>,
+        starting: &tokio::sync::Mutex<()>,
+    ) -> Result<(), GatewayError> {
+        let _starting = starting.lock().await;
+        if self.watched(&shared.topic).is_some() {
             return Ok(());
         }
         let bus = &self.inner.bus;
         // Subscribe first, read stored updates second: see the module docs.
-        let sub = Held::new(bus.subscribe_updates(&shared.topic).await?);
+        let sub = bus.subscribe_updates(&shared.topic).await?;
         let recent = bus.recent_updates(&shared.topic, self.inner.window).await?;
         shared.apply(parse_batch(recent));
         let task = tokio::spawn(follow(shared.clone(), sub, bus.clone(), self.inner.window));
-        let mut st = shared.state.lock();
-        st.upstream = Some(task.abort_handle());
-        drop(st);
-        if self.inner.closed.load(Ordering::SeqCst) {
-            // close() ran while we were starting and did not see this task.
-            task.abort();
-            return Err(GatewayError::ShuttingDown);
+        let mut topics = self.inner.topics.lock();
+        match topics.get_mut(&shared.topic) {
+            // Our interest keeps the entry: only close() removes a held one.
+            Some(held)
+                if Arc::ptr_eq(&held.topic, shared)
+                    && !self.inner.closed.load(Ordering::SeqCst) =>
+            {
+                held.upstream = Some(task.abort_handle());
+                crate::metrics::upstream_held(1.0);
+                Ok(())
+            }
+            _ => {
+                task.abort();
+                Err(GatewayError::ShuttingDown)
+            }
         }
-        Ok(())
     }
 
     fn release(&self, shared: &Arc<TopicShared>) {
         let epoch = {
-            let _topics = self.inner.topics.lock();
-            let mut st = shared.state.lock();
-            st.holders = st.holders.saturating_sub(1);
-            if st.holders > 0 {
+            let mut topics = self.inner.topics.lock();
+            let Some(held) = topics.get_mut(&shared.topic) else {
+                return;
+            };
+            if !Arc::ptr_eq(&held.topic, shared) {
                 return;
             }
-            st.linger_epoch += 1;
-            st.linger_epoch
+            held.holders = held.holders.saturating_sub(1);
+            if held.holders > 0 {
+                return;
+            }
+            held.linger_epoch += 1;
+            held.linger_epoch
         };
         let linger = self.inner.linger;
         match tokio::runtime::Handle::try_current() {
@@ -155,27 +206,33 @@ impl Hub {
 
     /// Drops the topic if nobody came back since `epoch`.
     fn expire(&self, shared: &Arc<TopicShared>, epoch: u64) {
-        let task = {
-            let mut topics = self.inner.topics.lock();
-            let Some(current) = topics.get(&shared.topic) else {
-                return;
-            };
-            if !Arc::ptr_eq(current, shared) {
-                return;
-            }
-            let mut st = shared.state.lock();
-            if st.holders > 0 || st.linger_epoch != epoch {
-                return;
-            }
-            let task = st.upstream.take();
-            drop(st);
-            topics.remove(&shared.topic);
-            task
+        let mut topics = self.inner.topics.lock();
+        let Some(held) = topics.get(&shared.topic) else {
+            return;
         };
-        if let Some(task) = task {
-            tracing::debug!(topic = %shared.topic, "no local subscriber left, unsubscribing upstream");
-            task.abort();
+        if !Arc::ptr_eq(&held.topic, shared) || held.holders > 0 || held.linger_epoch != epoch {
+            return;
         }
+        if let Some(mut held) = topics.remove(&shared.topic) {
+            tracing::debug!(topic = %shared.topic, "no local subscriber left, unsubscribing upstream");
+            held.stop();
+        }
+    }
+}
+
+/// At the cap: drops one lingering topic (nobody watches it) to make room,
+/// or refuses when every held topic is watched.
+fn make_room(topics: &mut HashMap<Topic, Held>, max: usize) -> Result<(), GatewayError> {
+    let idle = topics
+        .iter()
+        .find(|(_, held)| held.holders == 0)
+        .map(|(topic, _)| topic.clone());
+    match idle.and_then(|topic| topics.remove(&topic)) {
+        Some(mut held) => {
+            held.stop();
+            Ok(())
+        }
+        None => Err(GatewayError::TopicLimit { max }),
     }
 }
 
@@ -229,32 +286,15 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         // Fields drop after this, so the interest is released after detaching.
         self.interest.topic.detach(&self.outbox, self.sub);
-        self.outbox.remove_sub(self.sub);
-    }
-}
-
-/// An upstream subscription, counted in the gauge exactly while it exists.
-struct Held(UpdateSubscription);
-
-impl Held {
-    fn new(sub: UpdateSubscription) -> Held {
-        crate::metrics::upstream_held(1.0);
-        Held(sub)
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        crate::metrics::upstream_held(-1.0);
     }
 }
 
 /// Follows one topic upstream until aborted: orders by seq, fills gaps from
 /// the stored updates, fans out.
-async fn follow(shared: Arc<TopicShared>, mut sub: Held, bus: Bus, window: usize) {
+async fn follow(shared: Arc<TopicShared>, mut sub: UpdateSubscription, bus: Bus, window: usize) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match sub.0.next().await {
+        match sub.next().await {
             Some(Live::Message(bytes)) => {
                 let Some(seq) = parse_seq(&bytes) else {
                     tracing::warn!(topic = %shared.topic, "ignoring an upstream message that is not an update");
@@ -273,7 +313,7 @@ async fn follow(shared: Arc<TopicShared>, mut sub: Held, bus: Bus, window: usize
                 backoff = (backoff * 2).min(MAX_RESUBSCRIBE_BACKOFF);
                 match bus.subscribe_updates(&shared.topic).await {
                     Ok(s) => {
-                        sub = Held::new(s);
+                        sub = s;
                         refill(&shared, &bus, window).await;
                     }
                     Err(e) => {

@@ -1,4 +1,4 @@
-//! The connection limit, and the count `run` waits on to drain.
+//! The connection limit: a slot per open session, and the count `run` waits on to drain.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use tokio::sync::Notify;
 
 use crate::metrics::{self, Transport};
 
-/// Counts WebSocket and SSE connections against `max`.
+/// Counts open sessions (every transport, while it is served) against `max`.
 #[derive(Clone)]
 pub struct Connections {
     inner: Arc<Inner>,

@@ -1,9 +1,9 @@
 //! A connection's bounded outgoing queue that conflates instead of growing.
 //!
-//! The hub pushes into an outbox while holding a topic's lock, so pushing
+//! Fan-out pushes into an outbox while holding its source's lock, so pushing
 //! never waits: when the queue holds `capacity` data messages, a new update is
 //! not queued, its subscription is only marked dirty. When the writer has
-//! drained the queue it sends the topic's *current* latest value for every
+//! drained the queue it sends the source's *current* latest value for every
 //! dirty subscription. The writer remembers the last `seq` it sent per
 //! subscription and never sends one that is not greater, so a client never
 //! sees an older value after a newer one nor the same one twice, and memory
@@ -22,10 +22,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::topic::TopicShared;
-
 /// Identifies one subscription within one connection.
 pub type SubId = u64;
+
+/// Where a subscription's newest value is read from when its updates were
+/// conflated (a topic, for the gateway). Held weakly: the source holds the
+/// outbox, a strong link back would be a cycle.
+pub trait Source: Send + Sync {
+    /// The value to start from: its seq and the snapshot message.
+    fn snapshot(&self) -> (u64, Bytes);
+    /// The newest update as published, if any.
+    fn latest_update(&self) -> Option<(u64, Bytes)>;
+}
 
 /// Replies and errors allowed beyond the data capacity. They are produced
 /// only in answer to (rate-limited) client messages, so a client that sends
@@ -64,8 +72,7 @@ enum Item {
 }
 
 struct SubState {
-    // Weak: the topic holds this outbox, a strong link back would be a cycle.
-    topic: Weak<TopicShared>,
+    source: Weak<dyn Source>,
     /// Highest seq written for this subscription; `None` until its snapshot
     /// (a plain subscription must start with one).
     last_sent: Option<u64>,
@@ -144,16 +151,17 @@ impl Outbox {
         }
     }
 
-    /// Unique per outbox, so topics can key subscribers by (outbox, sub).
+    /// Unique per outbox, so a source can key subscribers by (outbox, sub).
     pub fn id(&self) -> u64 {
         self.inner.id
     }
 
-    pub(crate) fn add_sub(&self, sub: SubId, topic: Weak<TopicShared>, last_sent: Option<u64>) {
+    /// Adds a subscription whose conflated values come from `source`.
+    pub fn add_sub(&self, sub: SubId, source: Weak<dyn Source>, last_sent: Option<u64>) {
         self.inner.state.lock().subs.insert(
             sub,
             SubState {
-                topic,
+                source,
                 last_sent,
                 dirty: false,
                 paused: false,
@@ -161,14 +169,14 @@ impl Outbox {
         );
     }
 
-    pub(crate) fn remove_sub(&self, sub: SubId) {
+    pub fn remove_sub(&self, sub: SubId) {
         // Queued items of a removed subscription are skipped by the writer.
         self.inner.state.lock().subs.remove(&sub);
     }
 
     /// Queues a data message, or marks its subscription dirty when the queue
     /// is full or the subscription is paused. Never blocks, never grows past capacity.
-    pub(crate) fn push_data(&self, sub: SubId, seq: u64, bytes: Bytes, snapshot: bool) {
+    pub fn push_data(&self, sub: SubId, seq: u64, bytes: Bytes, snapshot: bool) {
         let mut guard = self.inner.state.lock();
         let st = &mut *guard;
         if st.close.is_some() || st.finished {
@@ -390,19 +398,19 @@ impl Outbox {
         }
     }
 
-    /// Reads the latest value of each dirty subscription's topic and readies
+    /// Reads the latest value of each dirty subscription's source and readies
     /// those newer than what was sent.
-    fn fetch_latest(&self, dirty: Vec<(SubId, Weak<TopicShared>, Option<u64>)>) {
-        // Read the topics without holding our lock: the hub locks topic then
-        // outbox, so the reverse order here could deadlock.
+    fn fetch_latest(&self, dirty: Vec<Dirty>) {
+        // Read the sources without holding our lock: a source locks itself
+        // then pushes here, so the reverse order could deadlock.
         let mut found = Vec::new();
-        for (id, topic, last) in dirty {
-            let Some(topic) = topic.upgrade() else {
+        for (id, source, last) in dirty {
+            let Some(source) = source.upgrade() else {
                 continue;
             };
             let candidate = match last {
-                None => Some(topic.snapshot()),
-                Some(last) => topic.latest_update().filter(|(seq, _)| *seq > last),
+                None => Some(source.snapshot()),
+                Some(last) => source.latest_update().filter(|(seq, _)| *seq > last),
             };
             if let Some(c) = candidate {
                 found.push((id, c));
@@ -486,8 +494,11 @@ fn pop(st: &mut State) -> Option<Out> {
     None
 }
 
+/// A dirty subscription to look up: its id, source and last seq sent.
+type Dirty = (SubId, Weak<dyn Source>, Option<u64>);
+
 /// Dirty, unpaused subscriptions (their marks cleared), to look up.
-fn take_dirty(st: &mut State) -> Vec<(SubId, Weak<TopicShared>, Option<u64>)> {
+fn take_dirty(st: &mut State) -> Vec<Dirty> {
     let mut dirty = Vec::new();
     if st.paused || !st.maybe_dirty {
         return dirty;
@@ -496,7 +507,7 @@ fn take_dirty(st: &mut State) -> Vec<(SubId, Weak<TopicShared>, Option<u64>)> {
     for (id, s) in st.subs.iter_mut() {
         if s.dirty && !s.paused {
             s.dirty = false;
-            dirty.push((*id, s.topic.clone(), s.last_sent));
+            dirty.push((*id, s.source.clone(), s.last_sent));
         } else if s.dirty {
             left = true;
         }
@@ -508,7 +519,7 @@ fn take_dirty(st: &mut State) -> Vec<(SubId, Weak<TopicShared>, Option<u64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topic::{Start, TopicShared};
+    use crate::fanout::topic::{Start, TopicShared};
     use kpi_core::{KpiCode, Period, Topic, UpdateKind, UpdateMessage};
 
     fn topic() -> Arc<TopicShared> {
@@ -599,7 +610,7 @@ mod tests {
     fn never_an_older_value_after_a_newer_one() {
         let t = topic();
         let o = Outbox::new(2);
-        t.attach(&o, 1, Start::Since(0));
+        t.attach(&o, 1, Start::After(0));
         t.apply((1..=10).map(update).collect());
         // Queue holds 1, 2; 3..=10 conflated. Drained: 1, 2, then latest 10.
         assert_eq!(seqs(&o), vec![1, 2, 10]);

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use kpi_service::TokenBucket;
 use parking_lot::Mutex;
 
 /// Buckets kept before idle (full) ones are dropped; bounds memory under a
@@ -15,25 +16,25 @@ use parking_lot::Mutex;
 const PRUNE_AT: usize = 10_000;
 
 #[derive(Clone)]
-pub struct IpRate {
+pub struct ConnectRate {
     inner: Option<Arc<Inner>>,
 }
 
 struct Inner {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
 }
 
-impl IpRate {
+impl ConnectRate {
     /// `per_sec` new connections per second per address, bursts of twice
     /// that; 0 turns the limit off.
     pub fn new(per_sec: u32) -> Self {
         if per_sec == 0 {
-            return IpRate { inner: None };
+            return ConnectRate { inner: None };
         }
         let rate = f64::from(per_sec);
-        IpRate {
+        ConnectRate {
             inner: Some(Arc::new(Inner {
                 rate,
                 burst: 2.0 * rate,
@@ -53,21 +54,13 @@ impl IpRate {
         };
         let mut buckets = inner.buckets.lock();
         if buckets.len() >= PRUNE_AT {
-            let (rate, burst) = (inner.rate, inner.burst);
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
-            });
+            // A full bucket answers like a new one: dropping it changes nothing.
+            buckets.retain(|_, b| !b.is_full(now));
         }
-        let (tokens, at) = buckets.entry(ip).or_insert((inner.burst, now));
-        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * inner.rate)
-            .min(inner.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        buckets
+            .entry(ip)
+            .or_insert_with(|| TokenBucket::new(inner.rate, inner.burst, now))
+            .try_take(1.0, now)
     }
 }
 
@@ -78,7 +71,7 @@ mod tests {
 
     #[test]
     fn bursts_then_limits_per_address_and_refills() {
-        let r = IpRate::new(2);
+        let r = ConnectRate::new(2);
         let (a, b): (IpAddr, IpAddr) = (
             "10.0.0.1".parse().expect("ip"),
             "10.0.0.2".parse().expect("ip"),
@@ -88,6 +81,6 @@ mod tests {
         assert!(!r.allow_at(a, t));
         assert!(r.allow_at(b, t));
         assert!(r.allow_at(a, t + Duration::from_secs(1)));
-        assert!(IpRate::new(0).allow_at(a, t));
+        assert!(ConnectRate::new(0).allow_at(a, t));
     }
 }

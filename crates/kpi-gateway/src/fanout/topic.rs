@@ -6,14 +6,14 @@
 //! updates that follow, with no gap and no duplicate between the two.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use kpi_core::{Topic, UpdateMessage};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
-use crate::outbox::{Outbox, SubId};
+use crate::fanout::outbox::{Outbox, Source, SubId};
 
 /// Just enough of an update to order it; the bytes are relayed untouched.
 #[derive(Deserialize)]
@@ -50,20 +50,14 @@ pub fn parse_batch(raw: Vec<Bytes>) -> Vec<(u64, Bytes)> {
     out
 }
 
+/// One topic's updates and subscribers. Who holds it, and its upstream
+/// subscription, are the hub's business, not this type's.
 pub struct TopicShared {
     pub topic: Topic,
-    pub(crate) state: Mutex<TopicState>,
-    /// Serializes starting the upstream subscription.
-    pub(crate) start: tokio::sync::Mutex<()>,
+    state: Mutex<TopicState>,
 }
 
-pub(crate) struct TopicState {
-    /// Local interest: subscriptions plus requests being set up.
-    pub holders: usize,
-    /// Bumped on every change of interest, so a stale linger timer does nothing.
-    pub linger_epoch: u64,
-    /// The running upstream task, while subscribed upstream.
-    pub upstream: Option<tokio::task::AbortHandle>,
+struct TopicState {
     window: usize,
     /// Contiguous recent updates, oldest first (cleared on a discontinuity).
     ring: VecDeque<(u64, Bytes)>,
@@ -78,8 +72,14 @@ pub(crate) struct TopicState {
 pub enum Start {
     /// The latest value as a snapshot.
     Snapshot,
-    /// Updates after this seq if still in memory, else a snapshot.
+    /// A stream resuming after this seq: the updates after it if still in
+    /// memory; a snapshot when they are not, or when `since` is at or above
+    /// the latest seq (the client may have seen another series, after a
+    /// seq reset, and must be brought back to this one).
     Since(u64),
+    /// A poll after this seq: as `Since`, but at exactly the latest seq the
+    /// poller is up to date and waits for the next update.
+    After(u64),
 }
 
 impl TopicShared {
@@ -89,9 +89,6 @@ impl TopicShared {
         Arc::new(TopicShared {
             topic,
             state: Mutex::new(TopicState {
-                holders: 0,
-                linger_epoch: 0,
-                upstream: None,
                 window: window.max(1),
                 ring: VecDeque::new(),
                 latest_seq: 0,
@@ -99,7 +96,6 @@ impl TopicShared {
                 snapshot_cache: None,
                 subscribers: HashMap::new(),
             }),
-            start: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -136,28 +132,36 @@ impl TopicShared {
 
     /// Registers a subscriber and queues its first messages, under the lock
     /// fan-out takes, so nothing is missed or repeated in between. (Clients
-    /// go through [`crate::hub::Interest::attach`], which also holds the
-    /// upstream subscription.)
+    /// go through [`crate::fanout::hub::Interest::attach`], which also holds
+    /// the upstream subscription.)
     pub fn attach(self: &Arc<Self>, outbox: &Outbox, sub: SubId, start: Start) {
+        let source: Weak<dyn Source> = Arc::downgrade(self) as Weak<dyn Source>;
         let mut st = self.state.lock();
         let latest = st.latest_seq;
-        match start {
-            Start::Since(since) if since >= latest => {
-                outbox.add_sub(sub, Arc::downgrade(self), Some(latest));
+        let since = match start {
+            Start::Snapshot => None,
+            // Up to date: nothing old to send; the next update follows.
+            Start::After(since) if since == latest => {
+                outbox.add_sub(sub, source, Some(latest));
+                st.subscribers.insert((outbox.id(), sub), outbox.clone());
+                return;
             }
-            Start::Since(since)
+            Start::Since(since) | Start::After(since) => (since < latest).then_some(since),
+        };
+        match since {
+            Some(since)
                 if st
                     .ring
                     .front()
                     .is_some_and(|(first, _)| *first <= since + 1) =>
             {
-                outbox.add_sub(sub, Arc::downgrade(self), Some(since));
+                outbox.add_sub(sub, source, Some(since));
                 for (seq, bytes) in st.ring.iter().filter(|(s, _)| *s > since) {
                     outbox.push_data(sub, *seq, bytes.clone(), false);
                 }
             }
             _ => {
-                outbox.add_sub(sub, Arc::downgrade(self), None);
+                outbox.add_sub(sub, source, None);
                 let (seq, bytes) = snapshot_locked(&self.topic, &mut st);
                 outbox.push_data(sub, seq, bytes, true);
             }
@@ -165,8 +169,11 @@ impl TopicShared {
         st.subscribers.insert((outbox.id(), sub), outbox.clone());
     }
 
-    pub(crate) fn detach(&self, outbox: &Outbox, sub: SubId) {
+    /// Undoes [`TopicShared::attach`]: no more updates for `sub`, and its
+    /// queued ones are dropped.
+    pub fn detach(&self, outbox: &Outbox, sub: SubId) {
         self.state.lock().subscribers.remove(&(outbox.id(), sub));
+        outbox.remove_sub(sub);
     }
 
     /// The latest value as a snapshot message, with its seq.
@@ -205,6 +212,16 @@ impl TopicShared {
     }
 }
 
+impl Source for TopicShared {
+    fn snapshot(&self) -> (u64, Bytes) {
+        TopicShared::snapshot(self)
+    }
+
+    fn latest_update(&self) -> Option<(u64, Bytes)> {
+        TopicShared::latest_update(self)
+    }
+}
+
 fn snapshot_locked(topic: &Topic, st: &mut TopicState) -> (u64, Bytes) {
     let Some(latest) = st.latest.as_ref() else {
         return empty_snapshot(topic);
@@ -223,7 +240,7 @@ fn snapshot_locked(topic: &Topic, st: &mut TopicState) -> (u64, Bytes) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::Out;
+    use crate::fanout::outbox::Out;
     use kpi_core::{KpiCode, Period, UpdateKind};
 
     fn topic() -> Topic {
@@ -271,10 +288,18 @@ mod tests {
         let o2 = Outbox::new(100);
         t.attach(&o2, 1, Start::Since(1));
         assert_eq!(drain(&o2), vec![(10, "snapshot".into())]);
-        // Ahead of us: nothing old.
+        // At the latest: a stream gets a snapshot (it may come from another
+        // series), a poll waits for the next update.
         let o3 = Outbox::new(100);
         t.attach(&o3, 1, Start::Since(10));
-        assert!(drain(&o3).is_empty());
+        assert_eq!(drain(&o3), vec![(10, "snapshot".into())]);
+        let o4 = Outbox::new(100);
+        t.attach(&o4, 1, Start::After(10));
+        assert!(drain(&o4).is_empty());
+        // Ahead of us (a seq reset): a snapshot for both.
+        let o5 = Outbox::new(100);
+        t.attach(&o5, 1, Start::After(12));
+        assert_eq!(drain(&o5), vec![(10, "snapshot".into())]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! axum's `WebSocketUpgrade` hands over a tungstenite stream behind a lock
 //! shared by its two halves; the gateway writes pre-serialized frames
-//! itself ([`crate::ws_frame`]), so it takes the TCP stream back from hyper
+//! itself ([`crate::ws::frame`]), so it takes the TCP stream back from hyper
 //! and splits it into owned halves. Refusals keep axum's statuses and texts,
 //! in the gateway's JSON error body.
 
@@ -25,7 +25,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::auth::SUBPROTOCOL;
+use crate::security::auth::SUBPROTOCOL;
 
 /// A valid WebSocket handshake request, not yet answered.
 pub(crate) struct Upgrade {
@@ -41,8 +41,22 @@ pub(crate) struct UpgradeRejection(StatusCode, &'static str);
 
 impl IntoResponse for UpgradeRejection {
     fn into_response(self) -> Response {
-        crate::request::ApiError::new(self.0, "not_a_websocket_handshake", self.1).into_response()
+        let mut resp = crate::request::ApiError::new(self.0, "not_a_websocket_handshake", self.1)
+            .into_response();
+        if self.0 == StatusCode::UPGRADE_REQUIRED {
+            // RFC 6455 4.2.2: name the version we speak.
+            resp.headers_mut()
+                .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        resp
     }
+}
+
+/// A `Sec-WebSocket-Key` is 16 bytes in base64: 22 characters of the
+/// alphabet and `==` (RFC 6455 4.1).
+fn valid_key(key: &[u8]) -> bool {
+    let alphabet = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    key.len() == 24 && key.ends_with(b"==") && key[..22].iter().all(alphabet)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
@@ -64,11 +78,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             return bad("`Upgrade` header did not include 'websocket'");
         }
         if !has_token(h, SEC_WEBSOCKET_VERSION, "13") {
-            return bad("`Sec-WebSocket-Version` header did not include '13'");
+            return Err(UpgradeRejection(
+                StatusCode::UPGRADE_REQUIRED,
+                "this server speaks WebSocket version 13 only (`Sec-WebSocket-Version: 13`)",
+            ));
         }
         let Some(key) = h.get(SEC_WEBSOCKET_KEY).cloned() else {
             return bad("`Sec-WebSocket-Key` header missing");
         };
+        if !valid_key(key.as_bytes()) {
+            return bad("`Sec-WebSocket-Key` must be 16 bytes in base64");
+        }
         let protocol = has_token(h, SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL)
             .then(|| HeaderValue::from_static(SUBPROTOCOL));
         let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
