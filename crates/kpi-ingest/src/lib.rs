@@ -11,6 +11,7 @@
 //! and calls [`server::run`]; `kpi-stack` calls the same `run` with an
 //! in-process bus.
 
+pub mod cardinality;
 pub mod config;
 pub mod metrics;
 pub mod publishers;

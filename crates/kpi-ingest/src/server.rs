@@ -61,7 +61,10 @@ pub async fn run(
     let ingest = IngestServer::new(IngestService::new(bus.clone(), &settings, shutdown.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let ingest = InterceptedService::new(ingest, BearerAuth::new(publisher_tokens(&settings)?));
-    let mut builder = tonic::transport::Server::builder();
+    // HTTP/2 tells each client how many calls it may have open on one
+    // connection; a further call waits in the client until one ends.
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(settings.max_calls_per_connection);
     if let Some(files) = &settings.tls {
         builder = builder
             .tls_config(server_tls(files)?)
@@ -133,6 +136,33 @@ pub async fn run(
     }
     tracing::info!("kpi-ingest drained");
     outcome
+}
+
+/// Bounds the Ingest calls open at once across all connections; a call
+/// holds its permit until it ends (a PublishStream until its stream ends).
+#[derive(Clone)]
+pub struct CallLimit {
+    permits: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl CallLimit {
+    pub fn new(max: usize) -> Self {
+        CallLimit {
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// A permit for one call, or RESOURCE_EXHAUSTED naming the cap.
+    pub fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "too many concurrent calls (--max-calls {}); retry later",
+                self.max
+            ))
+        })
+    }
 }
 
 /// Checks `authorization: Bearer <token>` on Ingest calls when tokens are

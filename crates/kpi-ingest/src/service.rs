@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::cardinality::{Cardinality, RESOURCE_EXHAUSTED};
 use crate::config::IngestSettings;
 use crate::metrics;
 use crate::publishers::Publisher;
@@ -37,6 +38,11 @@ pub struct IngestService {
 struct Inner {
     bus: Bus,
     max_future_secs: i64,
+    /// Half the duplicate window: no accepted copy of an event id can then
+    /// reach the bus a window or more after another (see the README).
+    max_past_secs: i64,
+    cardinality: Cardinality,
+    calls: crate::server::CallLimit,
     max_batch: usize,
     max_in_flight: usize,
     shutdown: Shutdown,
@@ -77,10 +83,18 @@ impl IngestService {
     /// `shutdown` ends open PublishStream calls when the server drains, so
     /// that a long-lived stream cannot hold the process up.
     pub fn new(bus: Bus, settings: &IngestSettings, shutdown: Shutdown) -> Self {
+        let half_window = (bus.config().duplicate_window / 2).as_secs() as i64;
         IngestService {
             inner: Arc::new(Inner {
                 bus,
-                max_future_secs: settings.max_future_secs,
+                max_future_secs: settings.max_future_secs.min(half_window),
+                max_past_secs: half_window,
+                cardinality: Cardinality::new(
+                    settings.max_kpis,
+                    settings.max_kpis_per_token,
+                    settings.kpi_idle,
+                ),
+                calls: crate::server::CallLimit::new(settings.max_calls),
                 max_batch: settings.max_batch.max(1),
                 max_in_flight: settings.max_in_flight.max(1),
                 shutdown,
@@ -97,16 +111,18 @@ impl Inner {
         publisher: Option<&Publisher>,
     ) -> Result<EventRecord, Outcome> {
         let sent_id = ev.event_id.clone();
-        let record = validate::to_record(ev, now, self.max_future_secs).map_err(|why| {
-            metrics::event(metrics::RESULT_INVALID);
-            tracing::debug!(event_id = %sent_id, reason = %why, "event refused");
-            Outcome {
-                event_id: sent_id,
-                status: EventStatus::Invalid,
-                reason: why.to_string(),
-                seq: 0,
-            }
-        })?;
+        let record = validate::to_record(ev, now, self.max_future_secs)
+            .and_then(|r| validate::check_age(r, now, self.max_past_secs))
+            .map_err(|why| {
+                metrics::event(metrics::RESULT_INVALID);
+                tracing::debug!(event_id = %sent_id, reason = %why, "event refused");
+                Outcome {
+                    event_id: sent_id,
+                    status: EventStatus::Invalid,
+                    reason: why.to_string(),
+                    seq: 0,
+                }
+            })?;
         if let Some(p) = publisher {
             if !p.may_publish(&record.kpi) {
                 metrics::event(metrics::RESULT_INVALID);
@@ -118,6 +134,18 @@ impl Inner {
                     seq: 0,
                 });
             }
+        }
+        if let Err(reason) = self
+            .cardinality
+            .admit(&record.kpi, publisher.map(Publisher::label))
+        {
+            metrics::event(metrics::RESULT_INVALID);
+            return Err(Outcome {
+                event_id: record.event_id,
+                status: EventStatus::Invalid,
+                reason,
+                seq: 0,
+            });
         }
         Ok(record)
     }
@@ -169,6 +197,7 @@ impl Ingest for IngestService {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let inner = &*self.inner;
+        let _call = inner.calls.admit()?;
         let publisher = request.extensions().get::<Publisher>().cloned();
         let events = request.into_inner().events;
         let total = events.len();
@@ -235,6 +264,17 @@ impl Ingest for IngestService {
                 EventStatus::Invalid,
             )));
         }
+        let capped = outcomes
+            .iter()
+            .filter(|o| o.reason.starts_with(RESOURCE_EXHAUSTED))
+            .count();
+        if total > 0 && capped == total {
+            return Err(Status::resource_exhausted(summary(
+                "a distinct-KPI cap refused every event",
+                &outcomes,
+                EventStatus::Invalid,
+            )));
+        }
         if total > 0 && valid_count == 0 {
             return Err(Status::invalid_argument(summary(
                 "every event was refused",
@@ -269,13 +309,15 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<Event>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let call = self.inner.calls.admit()?;
         let (tx, rx) = mpsc::channel(ACK_BUFFER);
         let inner = self.inner.clone();
         let publisher = request.extensions().get::<Publisher>().cloned();
         // Tracked by the shutdown's task tracker, so a drain waits for it.
-        self.inner
-            .shutdown
-            .spawn(ack_stream(inner, request.into_inner(), tx, publisher));
+        self.inner.shutdown.spawn(async move {
+            ack_stream(inner, request.into_inner(), tx, publisher).await;
+            drop(call);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
