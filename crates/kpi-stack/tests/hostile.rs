@@ -35,8 +35,10 @@ const MAX_CHECKPOINT_BYTES: u64 = 64 << 20;
 
 const PERIODS: [Period; 3] = [Period::Minute, Period::Hour, Period::Day];
 
-/// (count, sum, min, max) per (kpi, period, bucket start).
-type Truth = HashMap<(String, Period, i64), (u64, f64, f64, f64)>;
+/// A bucket as compared: (count, sum, min, max).
+type Agg = (u64, f64, f64, f64);
+/// Per (kpi, period, bucket start).
+type Truth = HashMap<(String, Period, i64), Agg>;
 
 fn duration() -> Duration {
     let secs = std::env::var("KPI_HOSTILE_SECS")
@@ -139,7 +141,7 @@ async fn legit(url: String, codes: Vec<String>, until: Instant, shared: std::syn
                 }
             }
         }
-        if n % 60 == 0 {
+        if n.is_multiple_of(60) {
             // A retry of an acknowledged batch: duplicates, counted once.
             let statuses = send(&mut client, batch.clone()).await.expect("retry");
             assert!(statuses.iter().all(|s| *s == EventStatus::Duplicate));
@@ -166,8 +168,18 @@ async fn hostile(url: String, legit: Vec<String>, until: Instant, shared: std::s
                 [
                     event(&format!("huge-{round}-{i}"), code, 1e308, at_secs(now)),
                     event(&format!("neg-{round}-{i}"), code, -1e300, at_secs(now)),
-                    event(&format!("future-{round}-{i}"), code, 1.0, at_secs(now + 86_400.0)),
-                    event(&format!("past-{round}-{i}"), code, 1.0, at_secs(now - 86_400.0)),
+                    event(
+                        &format!("future-{round}-{i}"),
+                        code,
+                        1.0,
+                        at_secs(now + 86_400.0),
+                    ),
+                    event(
+                        &format!("past-{round}-{i}"),
+                        code,
+                        1.0,
+                        at_secs(now - 86_400.0),
+                    ),
                 ]
             })
             .collect();
@@ -203,7 +215,12 @@ async fn hostile(url: String, legit: Vec<String>, until: Instant, shared: std::s
                 .map(|i| {
                     let k = sprayed + i;
                     let skew = (k % 17) as f64 - 8.0;
-                    event(&format!("spray-{k}"), &format!("spray_{k}"), k as f64, at_secs(now + skew))
+                    event(
+                        &format!("spray-{k}"),
+                        &format!("spray_{k}"),
+                        k as f64,
+                        at_secs(now + skew),
+                    )
                 })
                 .collect();
             sprayed += batch.len();
@@ -253,14 +270,17 @@ async fn checkpoint_bytes(bus: &Bus) -> u64 {
 
 /// Every bucket of a topic as stored: history, then the current update and
 /// its `previous` (newest seq wins). Fails on a null field where count > 0.
-async fn stored(bus: &Bus, topic: &Topic) -> Result<BTreeMap<i64, (u64, f64, f64, f64)>, String> {
-    let mut out: BTreeMap<i64, (u64, (u64, f64, f64, f64))> = BTreeMap::new();
+async fn stored(bus: &Bus, topic: &Topic) -> Result<BTreeMap<i64, Agg>, String> {
+    let mut out: BTreeMap<i64, (u64, Agg)> = BTreeMap::new();
     let mut put = |start: i64, seq: u64, s: &kpi_core::StatsView| -> Result<(), String> {
         if s.count == 0 {
             return Ok(());
         }
         let (Some(avg), Some(min), Some(max), Some(last)) = (s.avg, s.min, s.max, s.last) else {
-            return Err(format!("{topic} bucket {start}: a null field with count {}", s.count));
+            return Err(format!(
+                "{topic} bucket {start}: a null field with count {}",
+                s.count
+            ));
         };
         if ![s.sum, avg, min, max, last].iter().all(|v| v.is_finite()) {
             return Err(format!("{topic} bucket {start}: not finite {s:?}"));
@@ -313,7 +333,10 @@ fn spawn(name: &str, args: &[String], nats: &str) -> Service {
 async fn hostile_publishers_and_a_killed_aggregator_leave_legitimate_kpis_exact() {
     let nats = NatsServer::start();
     let url = nats.url();
-    let window = ["--duplicate-window-secs".to_string(), WINDOW_SECS.to_string()];
+    let window = [
+        "--duplicate-window-secs".to_string(),
+        WINDOW_SECS.to_string(),
+    ];
     let grpc = free_port();
     let ingest_http = free_port();
     let mut ingest_args = vec![
@@ -356,7 +379,9 @@ async fn hostile_publishers_and_a_killed_aggregator_leave_legitimate_kpis_exact(
     .await
     .expect("bus");
 
-    let codes: Vec<String> = (0..LEGIT_KPIS).map(|i| unique(&format!("legit{i}"))).collect();
+    let codes: Vec<String> = (0..LEGIT_KPIS)
+        .map(|i| unique(&format!("legit{i}")))
+        .collect();
     let shared = std::sync::Arc::new(Shared {
         truth: Mutex::new(Truth::new()),
         counted: Mutex::new(HashSet::new()),
@@ -369,7 +394,12 @@ async fn hostile_publishers_and_a_killed_aggregator_leave_legitimate_kpis_exact(
     let started = Instant::now();
     let until = started + run;
     let grpc_url = format!("http://127.0.0.1:{grpc}");
-    let legit_task = tokio::spawn(legit(grpc_url.clone(), codes.clone(), until, shared.clone()));
+    let legit_task = tokio::spawn(legit(
+        grpc_url.clone(),
+        codes.clone(),
+        until,
+        shared.clone(),
+    ));
     // The legitimate codes are known before the sprayer fills the cap.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let hostile_task = tokio::spawn(hostile(grpc_url, codes.clone(), until, shared.clone()));
@@ -380,7 +410,7 @@ async fn hostile_publishers_and_a_killed_aggregator_leave_legitimate_kpis_exact(
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_secs(1)).await;
         peak_rss = peak_rss.max(rss_bytes(aggregator.pid()));
-        if started.elapsed().as_secs() % 10 == 0 {
+        if started.elapsed().as_secs().is_multiple_of(10) {
             peak_checkpoint = peak_checkpoint.max(checkpoint_bytes(&bus).await);
         }
         if !killed_midway && started.elapsed() > run * 2 / 3 {
