@@ -213,3 +213,37 @@ async fn concurrent_calls_per_connection_are_bounded() {
         "s3"
     );
 }
+
+#[tokio::test]
+async fn concurrent_calls_in_all_are_bounded() {
+    let h = Harness::start_with(settings(&["--max-calls", "1"])).await;
+    let (open, ack) = stream_one(h.channel().await, "held");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), ack)
+            .await
+            .expect("ack")
+            .expect("ack"),
+        "held"
+    );
+    // Another connection: refused while the stream holds the only call.
+    let mut other = h.client().await;
+    let err = other
+        .publish(batch(vec![event("x", "fx", 1.0)]))
+        .await
+        .expect_err("over the global bound");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("--max-calls 1"), "{}", err.message());
+    drop(open);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while other
+        .publish(batch(vec![event("y", "fx", 1.0)]))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
