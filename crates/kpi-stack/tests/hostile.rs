@@ -29,9 +29,10 @@ const WINDOW_SECS: u64 = 20;
 const SPRAYED_CODES: usize = 100_000;
 const MAX_KPIS: usize = 20_000;
 const LEGIT_KPIS: usize = 5;
-/// Bounds asserted (the 600 s run measured well under them; see the report).
-const MAX_AGGREGATOR_RSS_BYTES: u64 = 1536 << 20;
-const MAX_CHECKPOINT_BYTES: u64 = 64 << 20;
+/// Bounds asserted. A 600 s run (debug build) measured a peak aggregator RSS
+/// of 164 MiB and checkpoints of 24 MiB in all, with the cap's 20k codes.
+const MAX_AGGREGATOR_RSS_BYTES: u64 = 512 << 20;
+const MAX_CHECKPOINT_BYTES: u64 = 48 << 20;
 
 const PERIODS: [Period; 3] = [Period::Minute, Period::Hour, Period::Day];
 
