@@ -38,10 +38,13 @@ impl Default for BusConfig {
             updates_per_topic: 256,
             history_per_topic: 1500,
             replicas: 1,
-            events_max_bytes: 4 << 30,
-            updates_max_bytes: 1 << 30,
-            history_max_bytes: 1 << 30,
-            checkpoints_max_bytes: 1 << 30,
+            // JetStream reserves these against each server's storage
+            // (`max_file_store`) when the streams are created: together
+            // they fit the 2 GB of the local cluster script.
+            events_max_bytes: 1 << 30,
+            updates_max_bytes: 256 << 20,
+            history_max_bytes: 256 << 20,
+            checkpoints_max_bytes: 256 << 20,
         }
     }
 }

@@ -28,16 +28,16 @@ pub struct BusArgs {
     #[arg(long, env = "KPI_HISTORY_PER_TOPIC", default_value_t = 1500)]
     pub history_per_topic: i64,
     /// Bytes the event stream may hold; when full, new events are refused.
-    #[arg(long, env = "KPI_EVENTS_MAX_BYTES", default_value_t = 4 << 30)]
+    #[arg(long, env = "KPI_EVENTS_MAX_BYTES", default_value_t = 1 << 30)]
     pub events_max_bytes: i64,
     /// Bytes of stored updates (oldest dropped first).
-    #[arg(long, env = "KPI_UPDATES_MAX_BYTES", default_value_t = 1 << 30)]
+    #[arg(long, env = "KPI_UPDATES_MAX_BYTES", default_value_t = 256 << 20)]
     pub updates_max_bytes: i64,
     /// Bytes of closed-bucket history (oldest dropped first).
-    #[arg(long, env = "KPI_HISTORY_MAX_BYTES", default_value_t = 1 << 30)]
+    #[arg(long, env = "KPI_HISTORY_MAX_BYTES", default_value_t = 256 << 20)]
     pub history_max_bytes: i64,
     /// Bytes of checkpoints; must exceed twice the largest partition's state.
-    #[arg(long, env = "KPI_CHECKPOINTS_MAX_BYTES", default_value_t = 1 << 30)]
+    #[arg(long, env = "KPI_CHECKPOINTS_MAX_BYTES", default_value_t = 256 << 20)]
     pub checkpoints_max_bytes: i64,
 }
 
