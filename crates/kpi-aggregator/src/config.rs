@@ -12,6 +12,11 @@ pub struct Lateness {
     pub minute: Duration,
     pub hour: Duration,
     pub day: Duration,
+    /// An event whose time is further than this from its receive time is
+    /// not applied. [`crate::run`] sets it to half the bus's duplicate
+    /// window: any two accepted copies of one event id then reach the bus
+    /// less than a window apart, so the bus stores the second once.
+    pub max_skew: Duration,
 }
 
 impl Lateness {
@@ -30,6 +35,7 @@ impl Default for Lateness {
             minute: Duration::from_secs(120),
             hour: Duration::from_secs(600),
             day: Duration::from_secs(3600),
+            max_skew: Duration::from_secs(300),
         }
     }
 }
@@ -48,6 +54,10 @@ pub struct AggregatorSettings {
     pub lateness: Lateness,
     /// Per-KPI publish thresholds (default: publish every change).
     pub thresholds: crate::threshold::ThresholdPolicy,
+    /// A topic that received nothing for this long (by ingest receive time)
+    /// and whose buckets no event can change any more leaves memory and the
+    /// checkpoint; its `seq` continues from the bus when it returns.
+    pub topic_idle: Duration,
 }
 
 impl Default for AggregatorSettings {
@@ -60,6 +70,7 @@ impl Default for AggregatorSettings {
             checkpoint_interval: Duration::from_secs(1),
             lateness: Lateness::default(),
             thresholds: Default::default(),
+            topic_idle: Duration::from_secs(3600),
         }
     }
 }
@@ -92,6 +103,9 @@ impl AggregatorSettings {
         }
         if self.checkpoint_interval.is_zero() {
             return Err(ConfigError::new("--checkpoint-ms", "must be positive"));
+        }
+        if self.topic_idle.is_zero() {
+            return Err(ConfigError::new("--topic-idle-secs", "must be positive"));
         }
         Ok(())
     }
@@ -147,6 +161,9 @@ pub struct AggregatorArgs {
     /// Publish thresholds, e.g. `pending_approvals=2%,fx_*=0.01` (default: every change).
     #[arg(long, env = "KPI_THRESHOLDS", default_value = "")]
     pub thresholds: String,
+    /// A KPI period silent this long (and final) leaves memory; its seq continues when it returns.
+    #[arg(long, env = "KPI_TOPIC_IDLE_SECS", default_value_t = 3600)]
+    pub topic_idle_secs: u64,
 }
 
 impl Cli {
@@ -169,9 +186,11 @@ impl AggregatorArgs {
                 minute: Duration::from_secs(self.lateness_minute_secs),
                 hour: Duration::from_secs(self.lateness_hour_secs),
                 day: Duration::from_secs(self.lateness_day_secs),
+                max_skew: bus.config()?.duplicate_window / 2,
             },
             thresholds: crate::threshold::ThresholdPolicy::parse(&self.thresholds)
                 .map_err(|e| ConfigError::new("--thresholds", e))?,
+            topic_idle: Duration::from_secs(self.topic_idle_secs),
         };
         s.validate()?;
         Ok(s)

@@ -3,6 +3,13 @@
 pub const EVENTS_APPLIED: &str = "kpi_aggregator_events_applied_total";
 /// Per period: an event can be late for `minute` and still count for `day`.
 pub const EVENTS_LATE: &str = "kpi_aggregator_events_late_total";
+/// Events not applied at all: a value outside the value rule, or a time
+/// further than half the duplicate window from its receive time.
+pub const EVENTS_REFUSED: &str = "kpi_aggregator_events_refused_total";
+/// Idle topics dropped from memory (their seq continues from the bus).
+pub const TOPICS_EVICTED: &str = "kpi_aggregator_topics_evicted_total";
+pub const TOPICS: &str = "kpi_aggregator_topics";
+pub const CHECKPOINT_BYTES: &str = "kpi_aggregator_checkpoint_bytes";
 pub const EVENTS_UNDECODABLE: &str = "kpi_aggregator_events_undecodable_total";
 pub const UPDATES_PUBLISHED: &str = "kpi_aggregator_updates_published_total";
 pub const PUBLISH_FAILURES: &str = "kpi_aggregator_publish_failures_total";

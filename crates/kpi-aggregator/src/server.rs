@@ -26,10 +26,14 @@ pub enum AggregatorError {
 pub async fn run(
     http: Option<TcpListener>,
     bus: Bus,
-    settings: AggregatorSettings,
+    mut settings: AggregatorSettings,
     shutdown: Shutdown,
 ) -> Result<(), AggregatorError> {
     settings.validate()?;
+    // No event further from its receive time than half the duplicate window
+    // is applied: that keeps a retry after the window from counting twice.
+    // Ingest refuses exactly these events, so none is acknowledged and lost.
+    settings.lateness.max_skew = bus.config().duplicate_window / 2;
     // Install the recorder before the first event is counted; counts made
     // before it exists are lost.
     let _ = kpi_service::telemetry::prometheus();

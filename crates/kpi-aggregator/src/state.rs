@@ -65,6 +65,10 @@ struct TopicState {
     last_event_time: Option<DateTime<Utc>>,
     /// Bucket of the last "current" message rendered.
     shown: Option<i64>,
+    /// Greatest ingest receive time (Unix seconds) of an event applied here:
+    /// idleness is judged by it, so a replay evicts as the first run did.
+    #[serde(default)]
+    last_received: i64,
     /// Changed since the last render. Persisted: a crash between checkpoint
     /// and publish must still publish after restart.
     dirty: bool,
@@ -82,6 +86,9 @@ struct TopicState {
 pub struct Applied {
     pub applied: u32,
     pub late: u32,
+    /// Not applied at all: a value outside the value rule, or a time further
+    /// than `max_skew` from its receive time.
+    pub refused: bool,
 }
 
 /// A message to publish.
@@ -103,6 +110,12 @@ impl PartitionState {
         }
         self.applied_seq = log_seq;
         self.watermark = self.watermark.max(ev.received_at.timestamp());
+        let skew = (ev.received_at - ev.time).abs();
+        let too_skewed = skew.to_std().map_or(true, |s| s > lateness.max_skew);
+        if too_skewed || kpi_core::event::validate_value(ev.value).is_err() {
+            out.refused = true;
+            return out;
+        }
         for period in Period::ALL {
             let start = period.bucket_start_secs(ev.time);
             let deadline =
@@ -124,6 +137,7 @@ impl PartitionState {
                 .or_default()
                 .apply(ev.value, ev.time);
             ts.last_event_time = Some(ev.time);
+            ts.last_received = ts.last_received.max(ev.received_at.timestamp());
             ts.dirty = true;
             ts.changed.insert(start);
             out.applied += 1;
@@ -202,17 +216,50 @@ impl PartitionState {
     }
 
     /// Drops buckets no event can change any more, keeping the two newest of
-    /// each topic for `previous`.
+    /// each topic and the newest one below the horizon, so that `previous`
+    /// of any bucket an event can still change is its true predecessor.
     pub fn prune(&mut self, lateness: &Lateness) {
         for ts in self.topics.values_mut() {
-            let horizon = self.watermark
-                - lateness.for_period(ts.period).as_secs() as i64
-                - ts.period.seconds()
-                - PRUNE_MARGIN_SECS;
-            let keep_from = ts.buckets.keys().rev().nth(1).copied().unwrap_or(i64::MIN);
-            ts.buckets
-                .retain(|start, _| *start >= horizon || *start >= keep_from);
+            let horizon = self.watermark - final_age(ts.period, lateness);
+            let two_newest = ts.buckets.keys().rev().nth(1).copied().unwrap_or(i64::MIN);
+            let anchor = ts
+                .buckets
+                .range(..horizon)
+                .next_back()
+                .map_or(i64::MIN, |(b, _)| *b);
+            let keep_from = two_newest.min(anchor);
+            ts.buckets.retain(|start, _| *start >= keep_from);
         }
+    }
+
+    /// Removes topics that received nothing for `idle` (by receive time) and
+    /// that nothing can change or publish any more: not pending, not due at
+    /// `now`, every bucket past the horizon. Returns them, so the caller can
+    /// resume their `seq` from the bus when they come back.
+    pub fn evict_idle(
+        &mut self,
+        now: DateTime<Utc>,
+        idle: std::time::Duration,
+        lateness: &Lateness,
+        policy: &ThresholdPolicy,
+    ) -> Vec<Topic> {
+        let idle = i64::try_from(idle.as_secs()).unwrap_or(i64::MAX);
+        let watermark = self.watermark;
+        let mut gone = Vec::new();
+        self.topics.retain(|k, ts| {
+            let horizon = watermark - final_age(ts.period, lateness);
+            let evict = watermark.saturating_sub(ts.last_received) >= idle
+                && !ts.dirty
+                && ts.changed.is_empty()
+                && !self.pending.contains(k)
+                && ts.buckets.keys().next_back().is_none_or(|b| *b < horizon)
+                && !ts.is_due(now, policy);
+            if evict {
+                gone.push(Topic::new(ts.code.clone(), ts.period));
+            }
+            !evict
+        });
+        gone
     }
 
     /// The aggregate of one bucket, for tests and audits.
@@ -230,9 +277,28 @@ impl PartitionState {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// The checkpoint bytes, but only if they read back as this same state:
+    /// a checkpoint that cannot be loaded would make every restart replay
+    /// the whole log.
+    pub fn checkpoint(&self) -> Result<Vec<u8>, String> {
+        let raw = self.to_json();
+        match PartitionState::from_json(&raw) {
+            Ok(back) if back == *self => Ok(raw),
+            Ok(_) => Err("the checkpoint reads back as a different state".into()),
+            Err(e) => Err(format!("the checkpoint does not read back: {e}")),
+        }
+    }
+
     pub fn from_json(raw: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(raw)
     }
+}
+
+/// How far behind the watermark a bucket's start must be before no event can
+/// change it: its period, the lateness, and a margin for clock disagreement
+/// between ingest instances.
+fn final_age(period: Period, lateness: &Lateness) -> i64 {
+    lateness.for_period(period).as_secs() as i64 + period.seconds() + PRUNE_MARGIN_SECS
 }
 
 /// Each period's bucket start at `now`.
@@ -252,6 +318,7 @@ impl TopicState {
             buckets: BTreeMap::new(),
             seq: 0,
             last_event_time: None,
+            last_received: 0,
             shown: None,
             dirty: false,
             changed: BTreeSet::new(),
@@ -259,14 +326,12 @@ impl TopicState {
         }
     }
 
-    /// The bucket a dashboard should show: the one holding `now`, or a later
-    /// one when events ran ahead of this clock.
+    /// The bucket a dashboard should show: the one holding `now` by this
+    /// server's clock. Events timed ahead of it wait in their bucket until
+    /// the clock gets there, so a publisher with a fast clock cannot turn
+    /// every real value into a correction of a "closed" bucket.
     fn current(&self, now: DateTime<Utc>) -> i64 {
-        let by_clock = self.period.bucket_start_secs(now);
-        self.buckets
-            .keys()
-            .next_back()
-            .map_or(by_clock, |last| by_clock.max(*last))
+        self.period.bucket_start_secs(now)
     }
 
     fn is_due(&self, now: DateTime<Utc>, policy: &ThresholdPolicy) -> bool {
@@ -283,7 +348,9 @@ impl TopicState {
         // not publish again.
         let rolled = match self.shown {
             Some(shown) if shown != current => {
-                self.dirty || self.buckets.get(&shown).is_some_and(|s| !s.is_empty())
+                self.dirty
+                    || self.changed.contains(&current)
+                    || self.buckets.get(&shown).is_some_and(|s| !s.is_empty())
             }
             _ => false,
         };
@@ -332,8 +399,13 @@ impl TopicState {
         let topic = Topic::new(self.code.clone(), self.period);
         let current = self.current(now);
         for start in std::mem::take(&mut self.changed) {
+            // A bucket ahead of the clock waits until the clock reaches it.
+            if start > current {
+                self.changed.insert(start);
+                continue;
+            }
             // The bucket shown until now is recorded by the rollover below.
-            if start >= current || Some(start) == self.shown {
+            if start == current || Some(start) == self.shown {
                 continue;
             }
             self.seq += 1;
@@ -433,7 +505,8 @@ mod tests {
             st.apply(4, &too_late, &l),
             Applied {
                 applied: 2,
-                late: 1
+                late: 1,
+                refused: false,
             }
         );
         assert_eq!(st.stats(&minute(), m0).map(|s| s.count), Some(2));
@@ -492,6 +565,59 @@ mod tests {
         let roll = updates(&closed);
         assert_eq!(roll.len(), 1);
         assert_eq!(roll[0].previous.map(|p| p.stats.count), Some(4));
+    }
+
+    #[test]
+    fn huge_values_never_make_a_non_finite_aggregate_or_checkpoint() {
+        let mut st = PartitionState::default();
+        let l = Lateness::default();
+        let base = secs_to_time(Period::Minute.bucket_start_secs(t(0)));
+        st.apply(1, &ev("a", 1e308, base, base), &l);
+        st.apply(2, &ev("b", 1e308, base, base), &l);
+        st.apply(3, &ev("c", 2.0, base, base), &l);
+        let out = st.render(base, &ThresholdPolicy::default());
+        assert!(!out.is_empty());
+        for o in &out {
+            let (Outgoing::Update(_, m) | Outgoing::History(_, m)) = o;
+            let s = &m.stats;
+            assert!(s.count > 0);
+            let fields = [Some(s.sum), s.avg, s.min, s.max, s.last];
+            assert!(
+                fields.iter().all(|f| f.is_some_and(f64::is_finite)),
+                "a stats field is not a finite number: {s:?}"
+            );
+        }
+        let back = PartitionState::from_json(&st.to_json()).expect("the checkpoint reads back");
+        assert_eq!(back, st);
+    }
+
+    #[test]
+    fn an_event_from_the_future_does_not_move_the_current_bucket() {
+        let mut st = PartitionState::default();
+        let l = Lateness::default();
+        let base = secs_to_time(Period::Minute.bucket_start_secs(t(0)));
+        st.apply(
+            1,
+            &ev("ahead", 5.0, base + Duration::seconds(240), base),
+            &l,
+        );
+        st.apply(2, &ev("now", 1.0, base + Duration::seconds(1), base), &l);
+        let out = st.render(base + Duration::seconds(2), &ThresholdPolicy::default());
+        let ups = updates(&out);
+        assert_eq!(ups.len(), 1);
+        assert_eq!(
+            ups[0].bucket_start, base,
+            "the current minute is the clock's"
+        );
+        assert!(!ups[0].correction);
+        assert_eq!(ups[0].stats.count, 1);
+        // When the clock reaches it, the future bucket is shown as current.
+        let later = st.render(base + Duration::seconds(241), &ThresholdPolicy::default());
+        let ups = updates(&later);
+        let last = ups.last().expect("an update at the rollover");
+        assert_eq!(last.bucket_start, base + Duration::seconds(240));
+        assert_eq!(last.stats.count, 1);
+        assert!(ups.iter().all(|m| !m.correction), "{ups:?}");
     }
 
     #[test]

@@ -14,8 +14,6 @@ use crate::config::AggregatorSettings;
 use crate::metrics as m;
 use crate::state::{Outgoing, PartitionState};
 
-/// With no event within this long of starting, the partition counts as caught up.
-const CATCH_UP_IDLE: Duration = Duration::from_millis(500);
 /// At most one log line about late events per this interval.
 const LATE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause before retrying after the bus failed.
@@ -122,7 +120,6 @@ impl Worker {
                 }
             };
             let (mut events, _reader) = read_ahead(feed);
-            let started = Instant::now();
             let coalesce = self.settings.coalesce.max(Duration::from_millis(1));
             let mut publish_tick = tokio::time::interval(coalesce);
             publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -162,8 +159,8 @@ impl Worker {
                         }
                     },
                     _ = publish_tick.tick() => {
-                        if !self.caught_up && started.elapsed() >= CATCH_UP_IDLE {
-                            self.caught_up = true;
+                        if !self.caught_up {
+                            self.check_caught_up().await;
                         }
                         if self.caught_up {
                             self.publish().await;
@@ -188,6 +185,20 @@ impl Worker {
         );
     }
 
+    /// Caught up when the log holds nothing after what was applied. (An
+    /// event delivered with nothing pending behind it also says so.) Until
+    /// then nothing is published: a stale checkpoint would otherwise show
+    /// clients counts that go down under higher seqs.
+    async fn check_caught_up(&mut self) {
+        match self.bus.last_event_seq(self.partition).await {
+            Ok(last) if last <= self.state.applied_seq => self.caught_up = true,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(partition = self.partition, error = %e, "cannot read the log's end yet")
+            }
+        }
+    }
+
     fn apply(&mut self, ev: StoredEvent, labels: &[(&'static str, String); 1]) {
         metrics::gauge!(m::CONSUMER_PENDING, labels).set(ev.pending as f64);
         metrics::gauge!(m::APPLIED_SEQ, labels).set(ev.seq as f64);
@@ -198,6 +209,10 @@ impl Worker {
             Ok(record) => {
                 let r = self.state.apply(ev.seq, &record, &self.settings.lateness);
                 metrics::counter!(m::EVENTS_APPLIED).increment(u64::from(r.applied));
+                if r.refused {
+                    metrics::counter!(m::EVENTS_REFUSED).increment(1);
+                    tracing::debug!(partition = self.partition, kpi = %record.kpi, event_id = %record.event_id, "event outside the value or time rule not applied");
+                }
                 if r.late > 0 {
                     metrics::counter!(m::EVENTS_LATE).increment(u64::from(r.late));
                     self.late_since_log += u64::from(r.late);
@@ -307,10 +322,39 @@ impl Worker {
             self.last_checkpoint = Instant::now();
             return;
         }
+        // Rendered messages the bus has not acknowledged are only in
+        // `unsent`; a checkpoint now would mark them published, and a crash
+        // would lose them for good. The previous checkpoint plus replay
+        // renders them again.
+        if !self.unsent.is_empty() {
+            return;
+        }
         self.state.prune(&self.settings.lateness);
+        let evicted = self.state.evict_idle(
+            Utc::now(),
+            self.settings.topic_idle,
+            &self.settings.lateness,
+            &self.settings.thresholds,
+        );
+        metrics::counter!(m::TOPICS_EVICTED).increment(evicted.len() as u64);
+        for topic in evicted {
+            // Checked against the bus again when it returns, so its seq
+            // continues where it stopped.
+            self.seq_synced.remove(&topic);
+        }
+        let labels = [("partition", self.partition.to_string())];
+        metrics::gauge!(m::TOPICS, &labels).set(self.state.topic_count() as f64);
+        let raw = match self.state.checkpoint() {
+            Ok(raw) => raw,
+            Err(why) => {
+                tracing::error!(partition = self.partition, %why, "checkpoint not saved");
+                return;
+            }
+        };
+        metrics::gauge!(m::CHECKPOINT_BYTES, &labels).set(raw.len() as f64);
         match self
             .bus
-            .save_checkpoint(self.partition, Bytes::from(self.state.to_json()))
+            .save_checkpoint(self.partition, Bytes::from(raw))
             .await
         {
             Ok(()) => {

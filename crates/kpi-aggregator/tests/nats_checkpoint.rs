@@ -126,3 +126,55 @@ async fn a_checkpoint_larger_than_a_nats_message_is_saved_and_restored() {
     sd.trigger();
     h.await.expect("clean stop");
 }
+
+/// A checkpoint never covers a render the bus did not acknowledge: with
+/// updates failing to store while checkpoints still succeed, an aggregator
+/// killed with SIGKILL publishes the missing value after its restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_never_covers_an_unacknowledged_render() {
+    let server = NatsServer::start();
+    let bus = Bus::connect_nats(&server.url(), BusConfig::default())
+        .await
+        .expect("bus on nats");
+    let args = [
+        "--coalesce-ms",
+        "20",
+        "--checkpoint-ms",
+        "100",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let env = [("NATS_URL", server.url()), ("RUST_LOG", "warn".into())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let now = Utc::now();
+    let ev = |id: &str| EventRecord {
+        event_id: id.into(),
+        kpi: code(7),
+        value: 1.0,
+        time: now,
+        received_at: now,
+        labels: Default::default(),
+    };
+    let day = Topic::new(code(7), Period::Day);
+    let mut agg = kpi_test_support::Service::spawn("kpi-aggregator", &args, &env);
+    bus.append_event(&ev("a")).await.expect("append");
+    wait_count(&bus, &day, 1).await;
+
+    // Updates and closed buckets can no longer be stored; checkpoints can.
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
+    for s in [kpi_bus::nats::UPDATES_STREAM, kpi_bus::nats::HISTORY_STREAM] {
+        js.delete_stream(s).await.expect("delete stream");
+    }
+    bus.append_event(&ev("b")).await.expect("append");
+    // Many checkpoint intervals pass while the render of "b" is unacknowledged.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    agg.kill();
+
+    // A new connection recreates the streams; the restarted aggregator must
+    // publish the count that includes "b".
+    let bus = Bus::connect_nats(&server.url(), BusConfig::default())
+        .await
+        .expect("bus on nats");
+    let _agg = kpi_test_support::Service::spawn("kpi-aggregator", &args, &env);
+    wait_count(&bus, &day, 2).await;
+}

@@ -18,6 +18,15 @@ pub struct BusConfig {
     pub history_per_topic: i64,
     /// JetStream replicas for every stream (1 on a laptop, 3 on a cluster).
     pub replicas: usize,
+    /// Bytes the event log may hold. When full, new events are refused
+    /// (never the oldest dropped: they may not be aggregated yet).
+    pub events_max_bytes: i64,
+    /// Bytes of stored updates; the oldest go first.
+    pub updates_max_bytes: i64,
+    /// Bytes of closed-bucket records; the oldest go first.
+    pub history_max_bytes: i64,
+    /// Bytes of checkpoints (and of the small named states).
+    pub checkpoints_max_bytes: i64,
 }
 
 impl Default for BusConfig {
@@ -29,6 +38,13 @@ impl Default for BusConfig {
             updates_per_topic: 256,
             history_per_topic: 1500,
             replicas: 1,
+            // JetStream reserves these against each server's storage
+            // (`max_file_store`) when the streams are created: together
+            // they fit the 2 GB of the local cluster script.
+            events_max_bytes: 1 << 30,
+            updates_max_bytes: 256 << 20,
+            history_max_bytes: 256 << 20,
+            checkpoints_max_bytes: 256 << 20,
         }
     }
 }

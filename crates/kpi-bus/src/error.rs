@@ -7,6 +7,13 @@ pub enum BusError {
     Unavailable(String),
     #[error("bus setup failed: {0}")]
     Setup(String),
+    /// What was given cannot be stored (a history record that is not an
+    /// update message); retrying will not help.
+    #[error("not storable: {0}")]
+    Invalid(String),
+    /// A stream reached its byte limit and refuses new messages.
+    #[error("bus full: {0}")]
+    Full(String),
     #[error("bus is closed")]
     Closed,
     /// Stored data cannot be read back whole (a checkpoint part is missing);

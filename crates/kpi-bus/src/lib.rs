@@ -53,8 +53,8 @@ pub enum Outbound {
     /// A live update, stored in the topic's bounded update history. A retry
     /// may store it twice; readers order and deduplicate by its `seq`.
     Update { topic: Topic, payload: Bytes },
-    /// A closed bucket's record. `id` identifies it across retries so the
-    /// history stores it once.
+    /// A closed bucket's record (an `UpdateMessage`); the history keeps the
+    /// latest record of each bucket. `id` identifies it across retries.
     History {
         topic: Topic,
         payload: Bytes,
@@ -140,7 +140,17 @@ impl Bus {
         }
     }
 
-    /// Stores a closed bucket in the topic's history of closed buckets.
+    /// The last sequence of a partition's events in the log (0 = none): a
+    /// reader that applied this far has caught up.
+    pub async fn last_event_seq(&self, partition: u32) -> Result<u64, BusError> {
+        match self {
+            Bus::Memory(b) => b.last_event_seq(partition).await,
+            Bus::Nats(b) => b.last_event_seq(partition).await,
+        }
+    }
+
+    /// Stores a closed bucket (an `UpdateMessage`) in the topic's history:
+    /// one record per bucket, a later one replacing an earlier one.
     pub async fn publish_history(&self, topic: &Topic, payload: Bytes) -> Result<(), BusError> {
         match self {
             Bus::Memory(b) => b.publish_history(topic, payload).await,
@@ -216,7 +226,9 @@ impl Bus {
         }
     }
 
-    /// Up to `max` of the topic's most recent closed-bucket records, oldest first.
+    /// The newest `max` closed buckets of the topic (at most the configured
+    /// `history_per_topic`), one record each, oldest first. Costs work in
+    /// proportion to `max`, not to the stream.
     pub async fn history(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>, BusError> {
         match self {
             Bus::Memory(b) => b.history(topic, max).await,
@@ -292,6 +304,13 @@ impl UpdateSubscription {
             SubInner::Nats(s) => s.next().await,
         }
     }
+}
+
+/// The bucket start (Unix seconds) a history record is for.
+pub(crate) fn history_bucket(payload: &[u8]) -> Result<i64, BusError> {
+    kpi_core::UpdateMessage::from_json(payload)
+        .map(|m| m.bucket_start.timestamp())
+        .map_err(|e| BusError::Invalid(format!("a history record must be an update message: {e}")))
 }
 
 /// A state name is one subject token, checked by kpi-core's [`StateName`].

@@ -1,6 +1,6 @@
 //! The in-process bus: the same semantics as the NATS one, held in memory, for one-process use.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,8 +17,11 @@ use crate::{
 
 /// Live-subscriber buffer per topic; a subscriber further behind gets [`Live::Gap`].
 const LIVE_BUFFER: usize = 1024;
-/// Dedup entries are pruned when the table grows past this many.
+/// Dedup entries are pruned when the table grows past this many (or past
+/// twice what the last pruning left, so pruning stays amortized).
 const DEDUP_PRUNE_AT: usize = 100_000;
+/// Expired events are looked for at most this often.
+const EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct MemoryBus {
@@ -36,16 +39,60 @@ struct Inner {
 struct State {
     /// Log-wide sequence, like a JetStream stream sequence.
     last_seq: u64,
-    /// Per partition: (seq, payload), ascending.
-    partitions: HashMap<u32, Vec<(u64, Bytes)>>,
+    /// Per partition: events ascending by seq, with when each was stored;
+    /// the same age and byte limits as the NATS stream apply.
+    partitions: HashMap<u32, VecDeque<Stored>>,
+    /// Bytes of all stored events.
+    event_bytes: usize,
+    expiry_checked: Option<Instant>,
     dedup: HashMap<String, (u64, Instant)>,
+    /// Dedup entries left by the last pruning.
+    dedup_kept: usize,
     updates: HashMap<String, VecDeque<Bytes>>,
-    history: HashMap<String, VecDeque<Bytes>>,
-    /// Ids of stored history records, as JetStream's duplicate window keeps them.
-    history_ids: HashMap<String, Instant>,
+    /// Per topic: bucket start -> its latest record.
+    history: HashMap<String, BTreeMap<i64, Bytes>>,
     live: HashMap<String, broadcast::Sender<Bytes>>,
     checkpoints: HashMap<u32, Bytes>,
     named: HashMap<String, Bytes>,
+}
+
+struct Stored {
+    seq: u64,
+    at: Instant,
+    payload: Bytes,
+}
+
+impl State {
+    /// Drops events older than the max age, as JetStream's `max_age` does.
+    fn expire_events(&mut self, now: Instant, max_age: std::time::Duration) {
+        if self
+            .expiry_checked
+            .is_some_and(|at| now.duration_since(at) < EXPIRY_CHECK)
+        {
+            return;
+        }
+        self.expiry_checked = Some(now);
+        let mut freed = 0;
+        for log in self.partitions.values_mut() {
+            while log
+                .front()
+                .is_some_and(|e| now.duration_since(e.at) >= max_age)
+            {
+                if let Some(e) = log.pop_front() {
+                    freed += e.payload.len();
+                }
+            }
+        }
+        self.event_bytes = self.event_bytes.saturating_sub(freed);
+    }
+
+    fn prune_dedup(&mut self, now: Instant, window: std::time::Duration) {
+        if self.dedup.len() > DEDUP_PRUNE_AT.max(2 * self.dedup_kept) {
+            self.dedup
+                .retain(|_, (_, at)| now.duration_since(*at) < window);
+            self.dedup_kept = self.dedup.len();
+        }
+    }
 }
 
 impl MemoryBus {
@@ -72,8 +119,9 @@ impl MemoryBus {
     }
 
     pub(crate) async fn append_event(&self, ev: &EventRecord) -> Result<Appended, BusError> {
-        let partition = partition_of(&ev.kpi, self.inner.config.partitions);
-        let window = self.inner.config.duplicate_window;
+        let config = &self.inner.config;
+        let partition = partition_of(&ev.kpi, config.partitions);
+        let window = config.duplicate_window;
         let mut st = self.inner.state.lock();
         let now = Instant::now();
         if let Some((seq, at)) = st.dedup.get(&ev.event_id) {
@@ -84,23 +132,42 @@ impl MemoryBus {
                 });
             }
         }
-        if st.dedup.len() > DEDUP_PRUNE_AT {
-            st.dedup
-                .retain(|_, (_, at)| now.duration_since(*at) < window);
+        st.prune_dedup(now, window);
+        st.expire_events(now, config.events_max_age);
+        let payload = Bytes::from(ev.to_json());
+        let limit = usize::try_from(config.events_max_bytes).unwrap_or(0);
+        if st.event_bytes + payload.len() > limit {
+            return Err(BusError::Full(format!(
+                "the event log holds its limit of {limit} bytes; retry later"
+            )));
         }
         st.last_seq += 1;
         let seq = st.last_seq;
         st.dedup.insert(ev.event_id.clone(), (seq, now));
+        st.event_bytes += payload.len();
         st.partitions
             .entry(partition)
             .or_default()
-            .push((seq, Bytes::from(ev.to_json())));
+            .push_back(Stored {
+                seq,
+                at: now,
+                payload,
+            });
         drop(st);
         self.inner.appended.notify_waiters();
         Ok(Appended {
             seq,
             duplicate: false,
         })
+    }
+
+    pub(crate) async fn last_event_seq(&self, partition: u32) -> Result<u64, BusError> {
+        let st = self.inner.state.lock();
+        Ok(st
+            .partitions
+            .get(&partition)
+            .and_then(|log| log.back())
+            .map_or(0, |e| e.seq))
     }
 
     pub(crate) async fn event_feed(
@@ -145,10 +212,8 @@ impl MemoryBus {
                 Outbound::Update { topic, payload } => {
                     self.publish_update(topic, payload.clone()).await
                 }
-                Outbound::History { topic, payload, id } => {
-                    if self.seen_history_id(id) {
-                        continue;
-                    }
+                // A bucket keeps only its latest record, so a retry is harmless.
+                Outbound::History { topic, payload, .. } => {
                     self.publish_history(topic, payload.clone()).await
                 }
             };
@@ -157,38 +222,19 @@ impl MemoryBus {
         Ok(())
     }
 
-    /// Records `id`; true if it was recorded within the duplicate window.
-    fn seen_history_id(&self, id: &str) -> bool {
-        let window = self.inner.config.duplicate_window;
-        let now = Instant::now();
-        let mut st = self.inner.state.lock();
-        if st
-            .history_ids
-            .get(id)
-            .is_some_and(|at| now.duration_since(*at) < window)
-        {
-            return true;
-        }
-        if st.history_ids.len() > DEDUP_PRUNE_AT {
-            st.history_ids
-                .retain(|_, at| now.duration_since(*at) < window);
-        }
-        st.history_ids.insert(id.to_string(), now);
-        false
-    }
-
     pub(crate) async fn publish_history(
         &self,
         topic: &Topic,
         payload: Bytes,
     ) -> Result<(), BusError> {
+        let bucket = crate::history_bucket(&payload)?;
         let keep = self.inner.config.history_per_topic.max(1) as usize;
         let mut st = self.inner.state.lock();
-        push_bounded(
-            st.history.entry(topic.history_subject()).or_default(),
-            payload,
-            keep,
-        );
+        let buckets = st.history.entry(topic.history_subject()).or_default();
+        buckets.insert(bucket, payload);
+        while buckets.len() > keep {
+            buckets.pop_first();
+        }
         Ok(())
     }
 
@@ -263,7 +309,12 @@ impl MemoryBus {
 
     pub(crate) async fn history(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>, BusError> {
         let st = self.inner.state.lock();
-        Ok(tail(st.history.get(&topic.history_subject()), max))
+        let Some(buckets) = st.history.get(&topic.history_subject()) else {
+            return Ok(Vec::new());
+        };
+        let mut newest: Vec<Bytes> = buckets.values().rev().take(max).cloned().collect();
+        newest.reverse();
+        Ok(newest)
     }
 
     pub(crate) async fn known_kpis(&self, max: usize) -> Result<Vec<KpiCode>, BusError> {
@@ -337,14 +388,14 @@ impl MemoryFeed {
     fn take(&mut self) -> Option<StoredEvent> {
         let st = self.bus.inner.state.lock();
         let log = st.partitions.get(&self.partition)?;
-        let idx = log.partition_point(|(seq, _)| *seq < self.next_seq);
-        let (seq, payload) = log.get(idx)?;
+        let idx = log.partition_point(|e| e.seq < self.next_seq);
+        let e = log.get(idx)?;
         let pending = (log.len() - idx - 1) as u64;
-        self.next_seq = seq + 1;
+        self.next_seq = e.seq + 1;
         Some(StoredEvent {
-            seq: *seq,
+            seq: e.seq,
             pending,
-            record: EventRecord::from_json(payload).map_err(|e| e.to_string()),
+            record: EventRecord::from_json(&e.payload).map_err(|e| e.to_string()),
         })
     }
 }

@@ -19,7 +19,7 @@ use kpi_core::{partition_of, EventRecord, KpiCode, Topic};
 
 mod read;
 
-use read::{last, last_of, recent, WithoutLeader, CLIENT_READ, SERVICE_READ};
+use read::{last, last_of, recent, CLIENT_READ, SERVICE_READ};
 
 use crate::{
     Appended, BusConfig, BusError, EventFeed, FeedInner, Live, Outbound, PartialPublish,
@@ -47,6 +47,10 @@ const PUBLISH_WINDOW: usize = 256;
 const CHECKPOINT_PARTS_HEADER: &str = "Kpi-Checkpoint-Parts";
 /// Room left in each checkpoint part for headers and the protocol line.
 const CHECKPOINT_HEADROOM: usize = 16 * 1024;
+/// The named states are a few small values.
+const STATE_MAX_BYTES: i64 = 16 << 20;
+/// `history` reads this many bucket records at once.
+const HISTORY_READS_IN_FLIGHT: usize = 32;
 /// `known_kpis` reads at most this many update subjects (three per code).
 const MAX_SUBJECTS_LISTED: usize = 300_000;
 
@@ -104,6 +108,10 @@ impl NatsBus {
             stream::Config {
                 duplicate_window: config.duplicate_window,
                 max_age: config.events_max_age,
+                max_bytes: config.events_max_bytes,
+                // Full: refuse new events rather than drop old ones that may
+                // not be aggregated yet.
+                discard: stream::DiscardPolicy::New,
                 ..base(EVENTS_STREAM, EVENTS_WILDCARD)
             },
         )
@@ -112,14 +120,17 @@ impl NatsBus {
             &js,
             stream::Config {
                 max_messages_per_subject: config.updates_per_topic.max(1),
+                max_bytes: config.updates_max_bytes,
                 ..base(UPDATES_STREAM, UPDATES_WILDCARD)
             },
         )
         .await?;
+        // One subject per closed bucket, keeping its latest record only.
         let history = ensure_stream(
             &js,
             stream::Config {
-                max_messages_per_subject: config.history_per_topic.max(1),
+                max_messages_per_subject: 1,
+                max_bytes: config.history_max_bytes,
                 ..base(HISTORY_STREAM, HISTORY_WILDCARD)
             },
         )
@@ -128,6 +139,7 @@ impl NatsBus {
             &js,
             stream::Config {
                 max_messages_per_subject: 1,
+                max_bytes: config.checkpoints_max_bytes,
                 ..base(CHECKPOINT_STREAM, CHECKPOINT_WILDCARD)
             },
         )
@@ -136,6 +148,7 @@ impl NatsBus {
             &js,
             stream::Config {
                 max_messages_per_subject: 1,
+                max_bytes: STATE_MAX_BYTES,
                 ..base(STATE_STREAM, STATE_WILDCARD)
             },
         )
@@ -189,6 +202,16 @@ impl NatsBus {
         })
     }
 
+    pub(crate) async fn last_event_seq(&self, partition: u32) -> Result<u64, BusError> {
+        Ok(last_of(
+            &self.feed_events,
+            &partition_filter(partition),
+            SERVICE_READ,
+        )
+        .await?
+        .map_or(0, |(seq, _)| seq))
+    }
+
     pub(crate) async fn event_feed(
         &self,
         partition: u32,
@@ -234,10 +257,23 @@ impl NatsBus {
                             .await
                     }
                     Outbound::History { topic, payload, id } => {
+                        let bucket = match crate::history_bucket(payload) {
+                            Ok(b) => b,
+                            Err(error) => {
+                                return Err(PartialPublish {
+                                    stored: base,
+                                    error,
+                                })
+                            }
+                        };
                         let mut headers = async_nats::HeaderMap::new();
                         headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
                         self.js
-                            .publish_with_headers(topic.history_subject(), headers, payload.clone())
+                            .publish_with_headers(
+                                topic.history_bucket_subject(bucket),
+                                headers,
+                                payload.clone(),
+                            )
                             .await
                     }
                 };
@@ -270,7 +306,9 @@ impl NatsBus {
         topic: &Topic,
         payload: Bytes,
     ) -> Result<(), BusError> {
-        self.store(topic.history_subject(), None, payload).await?;
+        let bucket = crate::history_bucket(&payload)?;
+        self.store(topic.history_bucket_subject(bucket), None, payload)
+            .await?;
         Ok(())
     }
 
@@ -454,23 +492,60 @@ impl NatsBus {
         topic: &Topic,
         max: usize,
     ) -> Result<Vec<Bytes>, BusError> {
-        recent(
-            &self.updates,
-            &topic.updates_subject(),
-            max,
-            WithoutLeader::LatestOnly,
-        )
-        .await
+        recent(&self.updates, &topic.updates_subject(), max).await
     }
 
+    /// Lists the topic's bucket subjects (names only, from the stream info),
+    /// then reads the newest `max` of them, each its latest record.
     pub(crate) async fn history(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>, BusError> {
-        recent(
-            &self.history,
-            &topic.history_subject(),
-            max,
-            WithoutLeader::Fail,
-        )
-        .await
+        let keep = usize::try_from(self.config.history_per_topic)
+            .unwrap_or(usize::MAX)
+            .min(max);
+        if keep == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix = format!("{}.", topic.history_subject());
+        let read = async {
+            let mut buckets = Vec::new();
+            let mut subjects = self
+                .history
+                .info_with_subjects(format!("{prefix}*"))
+                .await
+                .map_err(BusError::unavailable)?;
+            while let Some(item) = subjects.next().await {
+                let (subject, count) = item.map_err(BusError::unavailable)?;
+                let bucket = subject
+                    .strip_prefix(&prefix)
+                    .and_then(|b| b.parse::<i64>().ok());
+                if let (Some(b), true) = (bucket, count > 0) {
+                    buckets.push(b);
+                }
+            }
+            buckets.sort_unstable();
+            let newest = &buckets[buckets.len().saturating_sub(keep)..];
+            let subjects: Vec<String> = newest
+                .iter()
+                .map(|b| topic.history_bucket_subject(*b))
+                .collect();
+            let history = self.history.clone();
+            futures::stream::iter(subjects)
+                .map(move |subject| {
+                    let history = history.clone();
+                    async move { last_of(&history, &subject, CLIENT_READ).await }
+                })
+                .buffered(HISTORY_READS_IN_FLIGHT)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .filter_map(|r| r.transpose())
+                .map(|r| r.map(|(_, payload)| payload))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        tokio::time::timeout(READBACK_TIMEOUT, read)
+            .await
+            .map_err(|_| {
+                BusError::Unavailable(format!("reading the history of {topic} timed out"))
+            })?
     }
 
     /// Reads the subjects of `KPI_UPDATES` from the stream info (the server

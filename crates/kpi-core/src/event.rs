@@ -12,6 +12,11 @@ pub const MAX_EVENT_ID_LEN: usize = 128;
 /// At most this many labels per event, each key and value at most 256 bytes.
 pub const MAX_LABELS: usize = 32;
 pub const MAX_LABEL_LEN: usize = 256;
+/// Largest accepted magnitude of a value. A bucket holds at most `u64::MAX`
+/// (about 1.8e19) events, so a sum of values this large stays below
+/// `f64::MAX` (about 1.8e308): no aggregate can overflow to infinity, which
+/// JSON cannot carry.
+pub const MAX_ABS_VALUE: f64 = 1e200;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
@@ -19,10 +24,14 @@ pub enum EventError {
     Code(#[from] crate::code::CodeError),
     #[error("value must be a finite number, got {0}")]
     NotFinite(String),
+    #[error("value magnitude must be at most 1e200 so sums cannot overflow, got {0}")]
+    TooLarge(String),
     #[error("event_id must be at most 128 printable ASCII characters")]
     BadEventId,
     #[error("event time {time} is more than {max_secs} s in the future")]
     InFuture { time: String, max_secs: i64 },
+    #[error("event time {time} is more than {max_secs} s in the past (half the duplicate window: an older retry could be stored twice)")]
+    InPast { time: String, max_secs: i64 },
     #[error("event time is out of range")]
     TimeOutOfRange,
     #[error("too many labels or a label longer than 256 bytes")]
@@ -56,10 +65,12 @@ pub fn validate_event_id(id: &str) -> Result<(), EventError> {
 }
 
 pub fn validate_value(value: f64) -> Result<(), EventError> {
-    if value.is_finite() {
-        Ok(())
-    } else {
+    if !value.is_finite() {
         Err(EventError::NotFinite(value.to_string()))
+    } else if value.abs() > MAX_ABS_VALUE {
+        Err(EventError::TooLarge(value.to_string()))
+    } else {
+        Ok(())
     }
 }
 
@@ -89,6 +100,21 @@ pub fn validate_time(
     Ok(())
 }
 
+/// Refuses event times more than `max_past_secs` before `now`.
+pub fn validate_age(
+    time: DateTime<Utc>,
+    now: DateTime<Utc>,
+    max_past_secs: i64,
+) -> Result<(), EventError> {
+    if (now - time).num_seconds() > max_past_secs {
+        return Err(EventError::InPast {
+            time: crate::time::rfc3339(&time),
+            max_secs: max_past_secs,
+        });
+    }
+    Ok(())
+}
+
 impl EventRecord {
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing plain data with string keys cannot fail.
@@ -97,5 +123,30 @@ impl EventRecord {
 
     pub fn from_json(raw: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_whose_sum_could_overflow_are_refused() {
+        assert!(validate_value(1e200).is_ok());
+        assert!(validate_value(-1e200).is_ok());
+        assert!(matches!(
+            validate_value(1e308),
+            Err(EventError::TooLarge(_))
+        ));
+        assert!(matches!(
+            validate_value(-1e201),
+            Err(EventError::TooLarge(_))
+        ));
+        assert!(matches!(
+            validate_value(f64::NAN),
+            Err(EventError::NotFinite(_))
+        ));
+        // The bound holds for the largest possible count.
+        assert!((MAX_ABS_VALUE * u64::MAX as f64).is_finite());
     }
 }

@@ -51,8 +51,8 @@ impl Stats {
             *self = *other;
             return;
         }
-        self.count += other.count;
-        self.sum += other.sum;
+        self.count = self.count.saturating_add(other.count);
+        self.sum = saturate(self.sum + other.sum);
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         let newer = (other.last_time_us, other.last);
@@ -61,6 +61,13 @@ impl Stats {
             self.last = other.last;
             self.last_time_us = other.last_time_us;
         }
+    }
+
+    /// Whether every field can be written as a JSON number.
+    pub fn is_finite(&self) -> bool {
+        [self.sum, self.min, self.max, self.last]
+            .iter()
+            .all(|v| v.is_finite())
     }
 
     pub fn avg(&self) -> Option<f64> {
@@ -81,6 +88,19 @@ impl Stats {
     }
 }
 
+/// Values within [`crate::event::MAX_ABS_VALUE`] cannot overflow a sum;
+/// should anything else reach a bucket, the sum stops at the largest finite
+/// number instead of becoming infinity, which JSON cannot carry.
+fn saturate(v: f64) -> f64 {
+    if v.is_finite() {
+        v
+    } else if v.is_nan() {
+        0.0
+    } else {
+        f64::MAX.copysign(v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +117,14 @@ mod tests {
         s.apply(7.0, at(5));
         assert_eq!(s.last, 5.0);
         assert_eq!((s.count, s.sum, s.min, s.max), (2, 12.0, 5.0, 7.0));
+    }
+
+    #[test]
+    fn sums_never_overflow_to_infinity() {
+        let mut s = Stats::default();
+        s.apply(f64::MAX, at(1));
+        s.apply(f64::MAX, at(2));
+        assert!(s.is_finite() && s.avg().is_some_and(f64::is_finite));
     }
 
     #[test]

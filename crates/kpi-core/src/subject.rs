@@ -94,9 +94,16 @@ impl Topic {
         ))
     }
 
-    /// Closed buckets: `kpi.history.<code>.<period>`.
+    /// Closed buckets: `kpi.history.<code>.<period>`, followed by
+    /// `.<bucket start secs>` per bucket (see [`Topic::history_bucket_subject`]).
     pub fn history_subject(&self) -> String {
         format!("kpi.history.{}.{}", self.code, self.period)
+    }
+
+    /// One closed bucket's record, `kpi.history.<code>.<period>.<start secs>`:
+    /// a subject per bucket, so the stream keeps only its latest record.
+    pub fn history_bucket_subject(&self, bucket_start_secs: i64) -> String {
+        format!("{}.{bucket_start_secs}", self.history_subject())
     }
 }
 

@@ -98,13 +98,15 @@ async fn history_is_newest_last_and_deduplicated() {
         m.stats.count = count;
         Bytes::from(m.to_json())
     };
+    // The bus keeps each bucket's latest record; the aggregator writes a
+    // topic's records in seq order, so the latest is the highest seq.
     for (minute, seq, count) in [
         (0, 10, 1),
         (1, 20, 2),
         (2, 30, 3),
-        (1, 35, 9),
-        (3, 40, 4),
         (1, 33, 7),
+        (3, 40, 4),
+        (1, 35, 9),
     ] {
         gw.bus
             .publish_history(&t, bucket(minute, seq, count))

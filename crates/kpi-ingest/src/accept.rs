@@ -16,6 +16,7 @@ use kpi_core::EventRecord;
 use kpi_proto::v1::{Event, Status as EventStatus};
 use kpi_service::Shutdown;
 
+use crate::cardinality::{Cardinality, RESOURCE_EXHAUSTED};
 use crate::config::IngestSettings;
 use crate::metrics;
 use crate::publishers::{Publisher, PublisherTokens};
@@ -73,6 +74,8 @@ pub enum Refusal {
     TooMany { got: usize, limit: usize },
     #[error("the bus is unavailable; nothing was stored, retry later")]
     BusDown,
+    #[error("too many concurrent calls (--max-calls {max}); retry later")]
+    TooManyCalls { max: usize },
 }
 
 /// The counts of a finished request, as every format reports them.
@@ -83,6 +86,8 @@ pub struct Tally {
     pub refused: usize,
     pub unavailable: usize,
     pub denied: usize,
+    /// Refused by a distinct-KPI cap.
+    pub capped: usize,
 }
 
 impl Tally {
@@ -95,6 +100,9 @@ impl Tally {
                 self.refused += 1;
                 if o.is_permission_denied() {
                     self.denied += 1;
+                }
+                if o.reason.starts_with(RESOURCE_EXHAUSTED) {
+                    self.capped += 1;
                 }
             }
         }
@@ -113,6 +121,11 @@ impl Tally {
     /// Every event of a non-empty request was refused for its token.
     pub fn all_denied(&self) -> bool {
         self.total() > 0 && self.denied == self.total()
+    }
+
+    /// Every event of a non-empty request was refused by a distinct-KPI cap.
+    pub fn all_capped(&self) -> bool {
+        self.total() > 0 && self.capped == self.total()
     }
 
     /// Every event of a non-empty request was refused.
@@ -136,6 +149,11 @@ struct Inner {
     bus: Bus,
     tokens: Option<PublisherTokens>,
     max_future_secs: i64,
+    /// Half the duplicate window: no accepted copy of an event id can then
+    /// reach the bus a window or more after another (see the README).
+    max_past_secs: i64,
+    cardinality: Cardinality,
+    calls: CallLimit,
     max_batch: usize,
     max_in_flight: usize,
     max_body_bytes: usize,
@@ -150,11 +168,20 @@ impl Accept {
         shutdown: Shutdown,
     ) -> Result<Self, IngestError> {
         settings.validate()?;
+        let half_window =
+            i64::try_from((bus.config().duplicate_window / 2).as_secs()).unwrap_or(i64::MAX);
         Ok(Accept {
             inner: Arc::new(Inner {
                 bus,
                 tokens: publisher_tokens(settings)?,
-                max_future_secs: settings.max_future_secs,
+                max_future_secs: settings.max_future_secs.min(half_window),
+                max_past_secs: half_window,
+                cardinality: Cardinality::new(
+                    settings.max_kpis,
+                    settings.max_kpis_per_token,
+                    settings.kpi_idle,
+                ),
+                calls: CallLimit::new(settings.max_calls),
                 max_batch: settings.max_batch.max(1),
                 max_in_flight: settings.max_in_flight.max(1),
                 max_body_bytes: settings.max_body_bytes.max(1),
@@ -220,6 +247,12 @@ impl Accept {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A permit for one call (held until the call ends, a stream's until it
+    /// closes), or a refusal naming `--max-calls`.
+    pub fn admit_call(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
+        self.inner.calls.admit()
     }
 
     /// The bus can take events now (a request that cannot be stored is
@@ -315,8 +348,9 @@ impl Accept {
         publisher: Option<&Publisher>,
     ) -> Result<EventRecord, Outcome> {
         let sent_id = ev.event_id.clone();
-        let record =
-            crate::validate::to_record(ev, now, self.inner.max_future_secs).map_err(|why| {
+        let record = crate::validate::to_record(ev, now, self.inner.max_future_secs)
+            .and_then(|r| crate::validate::check_age(r, now, self.inner.max_past_secs))
+            .map_err(|why| {
                 tracing::debug!(event_id = %sent_id, reason = %why, "event refused");
                 Outcome::refused(sent_id, why.to_string())
             })?;
@@ -333,6 +367,13 @@ impl Accept {
                     format!("{PERMISSION_DENIED}: token may not publish {}", record.kpi),
                 ));
             }
+        }
+        if let Err(reason) = self
+            .inner
+            .cardinality
+            .admit(&record.kpi, publisher.map(Publisher::label))
+        {
+            return Err(Outcome::refused(record.event_id, reason));
         }
         Ok(record)
     }
@@ -402,6 +443,28 @@ pub fn content_id(prefix: &str, parts: &[&[u8]]) -> String {
         id.push_str(&format!("{b:02x}"));
     }
     id
+}
+
+/// Bounds the calls open at once across all connections and formats.
+struct CallLimit {
+    permits: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl CallLimit {
+    fn new(max: usize) -> Self {
+        CallLimit {
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+        }
+    }
+
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::TooManyCalls { max: self.max })
+    }
 }
 
 #[cfg(test)]

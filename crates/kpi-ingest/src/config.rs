@@ -88,12 +88,47 @@ pub struct IngestArgs {
     /// NDJSON is streamed: this bounds each line instead.
     #[arg(long, env = "KPI_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Distinct KPI codes accepted in all (a code idle for --kpi-idle-secs stops counting).
+    #[arg(long, env = "KPI_MAX_KPIS", default_value_t = 100_000)]
+    pub max_kpis: usize,
+
+    /// Distinct KPI codes each publisher token may publish.
+    #[arg(long, env = "KPI_MAX_KPIS_PER_TOKEN", default_value_t = 10_000)]
+    pub max_kpis_per_token: usize,
+
+    /// A KPI code with no event for this many seconds stops counting toward the caps.
+    #[arg(long, env = "KPI_KPI_IDLE_SECS", default_value_t = 90_000)]
+    pub kpi_idle_secs: u64,
+
+    /// Concurrent calls (streams) per client connection (HTTP/2 max concurrent streams).
+    #[arg(long, env = "KPI_MAX_CALLS_PER_CONNECTION", default_value_t = 64)]
+    pub max_calls_per_connection: u32,
+
+    /// Concurrent Ingest calls in all; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KPI_MAX_CALLS", default_value_t = 1024)]
+    pub max_calls: usize,
 }
 
 impl IngestArgs {
     /// The checked settings, with `drain_grace` for how long in-flight calls
-    /// may take on shutdown.
-    pub fn settings(&self, drain_grace: Duration) -> Result<IngestSettings, ConfigError> {
+    /// may take on shutdown; `bus` is the deployment's bus layout, whose
+    /// duplicate window bounds how far event times may stray.
+    pub fn settings(
+        &self,
+        drain_grace: Duration,
+        bus: &BusConfig,
+    ) -> Result<IngestSettings, ConfigError> {
+        let half_window = i64::try_from((bus.duplicate_window / 2).as_secs()).unwrap_or(i64::MAX);
+        if self.max_future_secs > half_window {
+            return Err(bad(
+                "--max-future-secs",
+                format!(
+                    "{} is more than half the duplicate window ({half_window} s): a retry could be stored twice",
+                    self.max_future_secs
+                ),
+            ));
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(bad("--tls-cert", "--tls-cert and --tls-key go together"));
         }
@@ -120,6 +155,11 @@ impl IngestArgs {
             max_in_flight: self.max_in_flight,
             max_body_bytes: self.max_body_bytes,
             drain_grace,
+            max_kpis: self.max_kpis,
+            max_kpis_per_token: self.max_kpis_per_token,
+            kpi_idle: Duration::from_secs(self.kpi_idle_secs),
+            max_calls_per_connection: self.max_calls_per_connection,
+            max_calls: self.max_calls,
         };
         settings.validate()?;
         Ok(settings)
@@ -137,9 +177,9 @@ impl Config {
         if self.nats_url.trim().is_empty() {
             return Err(bad("--nats-url", "must not be empty"));
         }
-        self.bus.config()?;
+        let bus = self.bus.config()?;
         self.ingest
-            .settings(Duration::from_secs(self.drain_grace_secs))
+            .settings(Duration::from_secs(self.drain_grace_secs), &bus)
     }
 
     /// How the bus is laid out; identical in every service of a deployment.
@@ -179,6 +219,14 @@ pub struct IngestSettings {
     pub drain_grace: Duration,
     /// Largest HTTP request body after decompression (an NDJSON line, for NDJSON).
     pub max_body_bytes: usize,
+    /// Distinct KPI codes in all, and per publisher token.
+    pub max_kpis: usize,
+    pub max_kpis_per_token: usize,
+    /// A code idle this long stops counting toward the caps.
+    pub kpi_idle: Duration,
+    /// Concurrent calls per connection, and in all.
+    pub max_calls_per_connection: u32,
+    pub max_calls: usize,
 }
 
 impl Default for IngestSettings {
@@ -193,6 +241,11 @@ impl Default for IngestSettings {
             max_in_flight: 1024,
             drain_grace: Duration::from_secs(30),
             max_body_bytes: 16 * 1024 * 1024,
+            max_kpis: 100_000,
+            max_kpis_per_token: 10_000,
+            kpi_idle: Duration::from_secs(90_000),
+            max_calls_per_connection: 64,
+            max_calls: 1024,
         }
     }
 }
@@ -210,6 +263,19 @@ impl IngestSettings {
         }
         if self.max_body_bytes == 0 {
             return Err(bad("--max-body-bytes", "must be at least 1"));
+        }
+        for (flag, n) in [
+            ("--max-kpis", self.max_kpis),
+            ("--max-kpis-per-token", self.max_kpis_per_token),
+            (
+                "--max-calls-per-connection",
+                self.max_calls_per_connection as usize,
+            ),
+            ("--max-calls", self.max_calls),
+        ] {
+            if n == 0 {
+                return Err(bad(flag, "must be at least 1"));
+            }
         }
         if let Some(token) = &self.publisher_token {
             // The token is compared with a header value, which can only hold
@@ -255,6 +321,9 @@ mod tests {
             &["--max-in-flight", "0"],
             &["--max-body-bytes", "0"],
             &["--max-future-secs=-1"],
+            &["--max-future-secs", "301"],
+            &["--max-kpis", "0"],
+            &["--max-calls", "0"],
             &["--duplicate-window-secs", "0"],
             &["--publisher-token", "has space"],
             &["--tls-cert", "/c"],

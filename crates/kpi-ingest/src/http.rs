@@ -89,6 +89,10 @@ impl From<Refusal> for Refused {
             }
             Refusal::BusDown => Refused::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg)
                 .retry_after(RETRY_AFTER_BUS_SECS),
+            Refusal::TooManyCalls { .. } => {
+                Refused::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", msg)
+                    .retry_after(RETRY_AFTER_RATE_SECS)
+            }
         }
     }
 }

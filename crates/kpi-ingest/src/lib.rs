@@ -14,6 +14,7 @@
 //! in-process bus.
 
 pub mod accept;
+pub mod cardinality;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -82,7 +82,10 @@ pub async fn run_with(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
     let otlp = InterceptedService::new(otlp, auth);
-    let mut builder = tonic::transport::Server::builder();
+    // HTTP/2 tells each client how many calls it may have open on one
+    // connection; a further call waits in the client until one ends.
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(settings.max_calls_per_connection);
     if let Some(files) = &settings.tls {
         builder = builder
             .tls_config(server_tls(files)?)

@@ -63,6 +63,7 @@ pub(crate) fn refusal_status(r: &Refusal) -> Status {
         Refusal::RateLimited => Status::resource_exhausted(msg),
         Refusal::TooMany { .. } => Status::invalid_argument(msg),
         Refusal::BusDown => Status::unavailable(msg),
+        Refusal::TooManyCalls { .. } => Status::resource_exhausted(msg),
     }
 }
 
@@ -72,6 +73,7 @@ impl Ingest for IngestService {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
+        let _call = self.accept.admit_call().map_err(|r| refusal_status(&r))?;
         let publisher = request.extensions().get::<Publisher>().cloned();
         let events = request.into_inner().events;
         let outcomes = self
@@ -83,6 +85,13 @@ impl Ingest for IngestService {
         if tally.all_denied() {
             return Err(Status::permission_denied(summary(
                 "this token may not publish these KPIs",
+                &outcomes,
+                EventStatus::Invalid,
+            )));
+        }
+        if tally.all_capped() {
+            return Err(Status::resource_exhausted(summary(
+                "a distinct-KPI cap refused every event",
                 &outcomes,
                 EventStatus::Invalid,
             )));
@@ -124,12 +133,12 @@ impl Ingest for IngestService {
         let (tx, rx) = mpsc::channel(ACK_BUFFER);
         let publisher = request.extensions().get::<Publisher>().cloned();
         // Tracked by the shutdown's task tracker, so a drain waits for it.
-        self.accept.shutdown().spawn(ack_stream(
-            Arc::new(self.accept.clone()),
-            request.into_inner(),
-            tx,
-            publisher,
-        ));
+        let call = self.accept.admit_call().map_err(|r| refusal_status(&r))?;
+        let accept = Arc::new(self.accept.clone());
+        self.accept.shutdown().spawn(async move {
+            ack_stream(accept, request.into_inner(), tx, publisher).await;
+            drop(call);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

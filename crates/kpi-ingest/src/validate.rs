@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use kpi_core::event::{validate_event_id, validate_labels, validate_time, validate_value};
+use kpi_core::event::{
+    validate_age, validate_event_id, validate_labels, validate_time, validate_value,
+};
 use kpi_core::{CodeError, EventError, EventRecord, KpiCode};
 use kpi_proto::v1::Event;
 
@@ -58,6 +60,17 @@ pub fn to_record(
         received_at: now,
         labels,
     })
+}
+
+/// Refuses a record whose event time is more than `max_past_secs` before
+/// `now` (half the duplicate window; see the README's exactly-once rule).
+pub fn check_age(
+    record: EventRecord,
+    now: DateTime<Utc>,
+    max_past_secs: i64,
+) -> Result<EventRecord, Invalid> {
+    validate_age(record.time, now, max_past_secs)?;
+    Ok(record)
 }
 
 /// A protobuf Timestamp as UTC; refuses the non-normalized forms the spec forbids.

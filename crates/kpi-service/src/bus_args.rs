@@ -29,10 +29,24 @@ pub struct BusArgs {
     /// Closed buckets kept per KPI and period, for `/history`.
     #[arg(long, env = "KPI_HISTORY_PER_TOPIC", default_value_t = 1500)]
     pub history_per_topic: i64,
+    /// Bytes the event stream may hold; when full, new events are refused.
+    #[arg(long, env = "KPI_EVENTS_MAX_BYTES", default_value_t = 1 << 30)]
+    pub events_max_bytes: i64,
+    /// Bytes of stored updates (oldest dropped first).
+    #[arg(long, env = "KPI_UPDATES_MAX_BYTES", default_value_t = 256 << 20)]
+    pub updates_max_bytes: i64,
+    /// Bytes of closed-bucket history (oldest dropped first).
+    #[arg(long, env = "KPI_HISTORY_MAX_BYTES", default_value_t = 256 << 20)]
+    pub history_max_bytes: i64,
+    /// Bytes of checkpoints; must exceed twice the largest partition's state.
+    #[arg(long, env = "KPI_CHECKPOINTS_MAX_BYTES", default_value_t = 256 << 20)]
+    pub checkpoints_max_bytes: i64,
 }
 
 pub const MAX_PARTITIONS: u32 = 1024;
 pub const MAX_REPLICAS: usize = 5;
+/// Below this a stream could not hold even one large checkpoint part.
+pub const MIN_STREAM_BYTES: i64 = 4 << 20;
 
 impl BusArgs {
     /// The checked configuration; the error names the flag.
@@ -65,6 +79,15 @@ impl BusArgs {
         if self.updates_per_topic < 1 || self.history_per_topic < 1 {
             return Err("--updates-per-topic and --history-per-topic must be at least 1".into());
         }
+        let bytes = [
+            ("--events-max-bytes", self.events_max_bytes),
+            ("--updates-max-bytes", self.updates_max_bytes),
+            ("--history-max-bytes", self.history_max_bytes),
+            ("--checkpoints-max-bytes", self.checkpoints_max_bytes),
+        ];
+        if let Some((flag, _)) = bytes.iter().find(|(_, b)| *b < MIN_STREAM_BYTES) {
+            return Err(format!("{flag} must be at least {MIN_STREAM_BYTES}"));
+        }
         Ok(BusConfig {
             partitions: self.partitions,
             duplicate_window: Duration::from_secs(self.duplicate_window_secs),
@@ -72,6 +95,10 @@ impl BusArgs {
             updates_per_topic: self.updates_per_topic,
             history_per_topic: self.history_per_topic,
             replicas: self.replicas,
+            events_max_bytes: self.events_max_bytes,
+            updates_max_bytes: self.updates_max_bytes,
+            history_max_bytes: self.history_max_bytes,
+            checkpoints_max_bytes: self.checkpoints_max_bytes,
         })
     }
 }
@@ -109,6 +136,14 @@ mod tests {
             (c.duplicate_window, c.events_max_age, c.history_per_topic),
             (d.duplicate_window, d.events_max_age, d.history_per_topic)
         );
+        assert_eq!(
+            (c.events_max_bytes, c.updates_max_bytes),
+            (d.events_max_bytes, d.updates_max_bytes)
+        );
+        assert_eq!(
+            (c.history_max_bytes, c.checkpoints_max_bytes),
+            (d.history_max_bytes, d.checkpoints_max_bytes)
+        );
     }
 
     #[test]
@@ -119,6 +154,7 @@ mod tests {
             &["--duplicate-window-secs", "0"],
             &["--events-max-age-secs", "10"],
             &["--updates-per-topic", "0"],
+            &["--events-max-bytes", "1000"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

@@ -63,7 +63,7 @@ impl Cli {
             // One drain for the process: the gateway's, after its unready delay.
             ingest: self
                 .ingest
-                .settings(gateway.drain + gateway.unready_delay)?,
+                .settings(gateway.drain + gateway.unready_delay, &self.bus.config()?)?,
             aggregator: self.aggregator.settings(&self.bus)?,
             gateway,
         })

@@ -164,6 +164,9 @@ fn spawn_args(name: &str, args: &[String], nats: &str) -> Service {
 async fn services(nats: &str, replicas: u32, js_replicas: usize) -> Services {
     let grpc_port = free_port();
     let r = js_replicas.to_string();
+    // A 30-minute duplicate window admits events up to 15 minutes old (the
+    // late-event test sends one 10 minutes old); every service must agree.
+    let window = ["--duplicate-window-secs".to_string(), "1800".to_string()];
     let ingest_args = vec![
         "--listen".into(),
         format!("127.0.0.1:{grpc_port}"),
@@ -171,6 +174,8 @@ async fn services(nats: &str, replicas: u32, js_replicas: usize) -> Services {
         format!("127.0.0.1:{}", free_port()),
         "--replicas".into(),
         r.clone(),
+        window[0].clone(),
+        window[1].clone(),
     ];
     let ingest = spawn_args("kpi-ingest", &ingest_args, nats);
     let mut aggregators = Vec::new();
@@ -190,6 +195,8 @@ async fn services(nats: &str, replicas: u32, js_replicas: usize) -> Services {
             "3600".into(),
             "--replicas".into(),
             r.clone(),
+            window[0].clone(),
+            window[1].clone(),
         ];
         aggregators.push((spawn_args("kpi-aggregator", &args, nats), args));
     }
@@ -202,6 +209,8 @@ async fn services(nats: &str, replicas: u32, js_replicas: usize) -> Services {
             format!("127.0.0.1:{gw_port}"),
             "--replicas".into(),
             r.clone(),
+            window[0].clone(),
+            window[1].clone(),
         ],
         nats,
     );

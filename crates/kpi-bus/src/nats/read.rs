@@ -123,52 +123,30 @@ pub(crate) async fn last_of(
         .map(|m| (m.sequence, m.payload)))
 }
 
-/// What [`recent`] does when only a replica answers.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WithoutLeader {
-    /// Return the latest message alone (a live topic's resume: the client
-    /// then gets a fresh snapshot instead of what it missed).
-    LatestOnly,
-    /// Fail (history: one record would pass for the whole history).
-    Fail,
-}
-
 /// Up to `max` newest messages of one subject, oldest first, within
 /// [`RECENT_READ`]. The streams keep a bounded number per subject, so
-/// reading them all is bounded too.
+/// reading them all is bounded too. When only a replica answers, or the
+/// leader's consumer does not, the latest message alone is returned (a live
+/// topic's resume: the client then gets a fresh snapshot instead of what it
+/// missed).
 pub(crate) async fn recent(
     s: &stream::Stream,
     subject: &str,
     max: usize,
-    without_leader: WithoutLeader,
 ) -> Result<Vec<Bytes>, BusError> {
     let deadline = Instant::now() + RECENT_READ;
     let latest = match last(s, subject, RECENT_LAST).await? {
         Last::Empty => return Ok(Vec::new()),
         Last::Leader(m) => m,
-        Last::Replica(m) => return latest_only(subject, m.payload, without_leader),
+        Last::Replica(m) => return Ok(vec![m.payload]),
     };
     match timeout_at(deadline, through_consumer(s, subject, max, latest.sequence)).await {
         Ok(Ok(all)) => Ok(all),
         Ok(Err(e)) => {
             tracing::debug!(%subject, error = %e, "stored messages not read back");
-            latest_only(subject, latest.payload, without_leader)
+            Ok(vec![latest.payload])
         }
-        Err(_) => latest_only(subject, latest.payload, without_leader),
-    }
-}
-
-/// What [`recent`] answers when only the latest message could be read.
-fn latest_only(
-    subject: &str,
-    latest: Bytes,
-    without_leader: WithoutLeader,
-) -> Result<Vec<Bytes>, BusError> {
-    match without_leader {
-        WithoutLeader::LatestOnly => Ok(vec![latest]),
-        WithoutLeader::Fail => Err(BusError::Unavailable(format!(
-            "reading {subject}: the stream leader is not answering (a new one may be being elected)"
-        ))),
+        Err(_) => Ok(vec![latest.payload]),
     }
 }
 
