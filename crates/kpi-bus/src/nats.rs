@@ -19,7 +19,7 @@ use kpi_core::{partition_of, EventRecord, KpiCode, Topic};
 
 mod read;
 
-use read::{last, last_of, recent, CLIENT_READ, SERVICE_READ};
+use read::{last, last_of, recent, CLIENT_READ, RECENT_READ, SERVICE_READ};
 
 use crate::{
     Appended, BusConfig, BusError, EventFeed, FeedInner, Live, Outbound, PartialPublish,
@@ -541,11 +541,11 @@ impl NatsBus {
                 .map(|r| r.map(|(_, payload)| payload))
                 .collect::<Result<Vec<_>, _>>()
         };
-        tokio::time::timeout(READBACK_TIMEOUT, read)
-            .await
-            .map_err(|_| {
-                BusError::Unavailable(format!("reading the history of {topic} timed out"))
-            })?
+        // As bounded as a resume: a stream leader being elected does not answer
+        // the subject listing, and a quick 503 lets a balancer try elsewhere.
+        tokio::time::timeout(RECENT_READ, read).await.map_err(|_| {
+            BusError::Unavailable(format!("reading the history of {topic} timed out"))
+        })?
     }
 
     /// Reads the subjects of `KPI_UPDATES` from the stream info (the server

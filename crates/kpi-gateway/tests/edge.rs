@@ -75,16 +75,27 @@ async fn an_sse_client_that_stops_reading_is_closed() {
         .write_all(b"GET /sse/kpi/busy HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n")
         .await
         .unwrap();
-    // Updates for 3 s while this client reads nothing.
+    // Updates while this client reads nothing, until far more bytes went out
+    // than any loopback socket buffers hold (by volume, not by time, so a
+    // loaded machine that publishes slowly still fills them), then twice the
+    // stuck timeout with the queue full.
     let t = topic("busy", Period::Minute);
-    let until = tokio::time::Instant::now() + Duration::from_secs(3);
-    let mut seq = 0;
-    while tokio::time::Instant::now() < until {
+    let fill = 16 * 1024 * 1024;
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (mut seq, mut sent) = (0u64, 0usize);
+    while sent < fill && tokio::time::Instant::now() < give_up {
         seq += 1;
         publish(&gw.bus, &t, seq).await;
+        sent += update(&t, seq).to_json().len();
         if seq % 64 == 0 {
             tokio::task::yield_now().await;
         }
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        seq += 1;
+        publish(&gw.bus, &t, seq).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Now reading: what was buffered comes, then the end of the stream.
     let ended = tokio::time::timeout(Duration::from_secs(10), async {

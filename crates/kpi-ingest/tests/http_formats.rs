@@ -8,6 +8,12 @@ use common::Harness;
 use kpi_ingest::IngestSettings;
 use serde_json::{json, Value};
 
+/// A whole second a minute ago: recent enough for the event-age rule (half
+/// the duplicate window), fixed within one test so retries carry equal content.
+fn a_minute_ago() -> i64 {
+    chrono::Utc::now().timestamp() - 60
+}
+
 const OPS: &str = "ops-token-0123456789abcdef";
 
 async fn post(
@@ -71,7 +77,7 @@ async fn json_object_array_and_ndjson_are_stored_once_each_with_per_event_outcom
         &h,
         "/v1/events",
         "application/json",
-        json!({"event_id":"j-1","kpi":"orders","value":3,"time":"2026-01-01T00:00:00Z","labels":{"shop":"eu"}}).to_string(),
+        json!({"event_id":"j-1","kpi":"orders","value":3,"time":chrono::DateTime::from_timestamp(a_minute_ago(), 0).expect("time").to_rfc3339(),"labels":{"shop":"eu"}}).to_string(),
         None,
     )
     .await;
@@ -196,7 +202,7 @@ async fn tokens_are_checked_in_every_form_the_tools_send() {
         &h,
         "/api/v2/write?org=o&bucket=b",
         "text/plain",
-        "ops_mem value=1 1",
+        "ops_mem value=1",
         Some(&token),
     )
     .await;
@@ -210,12 +216,12 @@ async fn tokens_are_checked_in_every_form_the_tools_send() {
         &h,
         "/write?db=x",
         "text/plain",
-        "ops_mem value=2 2",
+        "ops_mem value=2",
         Some(&basic),
     )
     .await;
     assert_eq!(status, 204, "{body}");
-    let (status, _, body) = post(&h, "/write?db=x", "text/plain", "ops_mem value=2 2", None).await;
+    let (status, _, body) = post(&h, "/write?db=x", "text/plain", "ops_mem value=2", None).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(parse(&body)["code"], "unauthorized");
 }
@@ -312,7 +318,8 @@ async fn ndjson_is_streamed_and_its_answer_stays_bounded() {
 #[tokio::test]
 async fn line_protocol_maps_fields_counts_retries_once_and_names_a_bad_line() {
     let h = Harness::start().await;
-    let body = "cpu,host=a value=0.5,idle=90i 1767225600\nmem,host=a used=12 1767225600\n";
+    let t0 = a_minute_ago();
+    let body = format!("cpu,host=a value=0.5,idle=90i {t0}\nmem,host=a used=12 {t0}\n");
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(body.as_bytes()).expect("gzip");
     let gz = gz.finish().expect("gzip");
@@ -329,7 +336,7 @@ async fn line_protocol_maps_fields_counts_retries_once_and_names_a_bad_line() {
     let cpu = events_of(&h, "cpu").await;
     assert_eq!(values(&cpu), vec![0.5]);
     let rec = &cpu[0];
-    assert_eq!(rec.time.timestamp(), 1_767_225_600);
+    assert_eq!(rec.time.timestamp(), t0);
     assert_eq!(rec.labels.get("host").map(String::as_str), Some("a"));
     assert_eq!(values(&events_of(&h, "cpu_idle").await), vec![90.0]);
     assert_eq!(values(&events_of(&h, "mem_used").await), vec![12.0]);
@@ -338,7 +345,10 @@ async fn line_protocol_maps_fields_counts_retries_once_and_names_a_bad_line() {
         &h,
         "/write?db=x&precision=ms",
         "text/plain",
-        "disk value=1 1767225600000\ndisk value=oops 1767225600000\nbad.name value=2\n",
+        format!(
+            "disk value=1 {ms}\ndisk value=oops {ms}\nbad.name value=2\n",
+            ms = t0 * 1000
+        ),
         None,
     )
     .await;
@@ -368,7 +378,7 @@ async fn line_protocol_maps_fields_counts_retries_once_and_names_a_bad_line() {
 #[tokio::test]
 async fn otlp_json_maps_gauges_and_sums_and_refuses_histograms_in_partial_success() {
     let h = Harness::start().await;
-    let t = "1767225600000000000";
+    let t = (i128::from(a_minute_ago()) * 1_000_000_000).to_string();
     let request = json!({"resourceMetrics":[{"scopeMetrics":[{"metrics":[
         {"name":"queue.depth","gauge":{"dataPoints":[
             {"asDouble":7.5,"timeUnixNano":t,"attributes":[{"key":"queue","value":{"stringValue":"mail"}}]}]}},

@@ -336,7 +336,9 @@ async fn otlp_grpc_export_needs_a_token_that_may_publish_the_metric() {
                     data: Some(Data::Gauge(Gauge {
                         data_points: vec![NumberDataPoint {
                             value: Some(Value::AsDouble(1.0)),
-                            time_unix_nano: 1_767_225_600_000_000_000,
+                            time_unix_nano: u64::try_from(chrono::Utc::now().timestamp() - 60)
+                                .expect("after 1970")
+                                * 1_000_000_000,
                             ..Default::default()
                         }],
                     })),

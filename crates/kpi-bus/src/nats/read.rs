@@ -35,7 +35,7 @@ pub(crate) const CLIENT_READ: Duration = Duration::from_millis(1200);
 /// the feed's stall check), which may wait for an election rather than fail.
 pub(crate) const SERVICE_READ: Duration = Duration::from_secs(10);
 /// All of [`recent`]: the last message, then a consumer over the subject.
-const RECENT_READ: Duration = Duration::from_millis(1600);
+pub(crate) const RECENT_READ: Duration = Duration::from_millis(1600);
 /// The part of [`RECENT_READ`] the last message may take.
 const RECENT_LAST: Duration = Duration::from_millis(1000);
 
