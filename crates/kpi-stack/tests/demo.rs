@@ -5,29 +5,12 @@ mod common;
 use std::time::Duration;
 
 use common::get_json;
-use kpi_test_support::{free_port, Service};
+use kpi_test_support::Stack;
 
 #[tokio::test]
 async fn the_demo_serves_values_that_change() {
-    let (http, grpc) = (free_port(), free_port());
-    let stack = Service::spawn(
-        "kpi-stack",
-        &[
-            "--demo",
-            "--listen",
-            &format!("127.0.0.1:{http}"),
-            "--grpc-listen",
-            &format!("127.0.0.1:{grpc}"),
-        ],
-        &[],
-    );
-    stack
-        .wait_http_ok(
-            &format!("http://127.0.0.1:{http}/readyz"),
-            Duration::from_secs(30),
-        )
-        .await;
-    let url = format!("http://127.0.0.1:{http}/api/kpi/pending_approvals?period=minute");
+    let stack = Stack::start(&["--demo"], &[]).await;
+    let url = format!("{}/api/kpi/pending_approvals?period=minute", stack.http);
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -43,7 +26,7 @@ async fn the_demo_serves_values_that_change() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "demo values did not change: {seen:?}\n{}",
-            stack.logs()
+            stack.service.logs()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -51,7 +34,7 @@ async fn the_demo_serves_values_that_change() {
         seen.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 != w[1].1),
         "{seen:?}"
     );
-    let (status, page) = kpi_test_support::http_get(&format!("http://127.0.0.1:{http}/")).await;
+    let (status, page) = kpi_test_support::http_get(&format!("{}/", stack.http)).await;
     assert_eq!(status, 200);
     assert!(
         page.contains("<html") || page.contains("<!doctype") || page.contains("<!DOCTYPE"),

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kpi_test_support::{free_port, NatsServer, Service};
+use kpi_test_support::{free_port, NatsServer, Service, Stack};
 
 const CODES: usize = 10_000;
 const SECOND_ROUND_KIB: u64 = 16 * 1024;
@@ -138,14 +138,8 @@ async fn check(gateway: &Service, base: &str, cap: u64, bound_kib: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_kpi_stack_memory_returns_and_the_cap_holds() {
-    let (http, grpc) = (free_port(), free_port());
-    let stack = Service::spawn(
-        "kpi-stack",
+    let stack = Stack::start(
         &[
-            "--listen",
-            &format!("127.0.0.1:{http}"),
-            "--grpc-listen",
-            &format!("127.0.0.1:{grpc}"),
             // Below what lingers at once (2 s at 500 polls/s): lingering topics must make room.
             "--max-topics",
             "500",
@@ -153,12 +147,9 @@ async fn on_kpi_stack_memory_returns_and_the_cap_holds() {
             "2000",
         ],
         &[],
-    );
-    let base = format!("http://127.0.0.1:{http}");
-    stack
-        .wait_http_ok(&format!("{base}/readyz"), Duration::from_secs(30))
-        .await;
-    check(&stack, &base, 500, 48 * 1024).await;
+    )
+    .await;
+    check(&stack.service, &stack.http, 500, 48 * 1024).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

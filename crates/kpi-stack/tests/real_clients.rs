@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{get_json, unique, Pipeline};
-use kpi_test_support::{free_port, NatsServer, Service};
+use kpi_test_support::{NatsServer, Stack};
 
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -114,26 +114,11 @@ async fn real_clients_publish_to_kpi_stack_on_nats() {
     let nats = tokio::task::spawn_blocking(NatsServer::start)
         .await
         .expect("nats-server starts");
-    let (http, grpc) = (free_port(), free_port());
-    let stack = Service::spawn(
-        "kpi-stack",
-        &[
-            "--listen",
-            &format!("127.0.0.1:{http}"),
-            "--grpc-listen",
-            &format!("127.0.0.1:{grpc}"),
-            "--nats-url",
-            &nats.url(),
-        ],
-        &[],
-    );
-    let url = format!("http://127.0.0.1:{http}");
-    stack
-        .wait_http_ok(&format!("{url}/readyz"), Duration::from_secs(30))
-        .await;
-    influx_client(&url, &url).await;
-    otlp_exporter("http", &url, &url).await;
-    otlp_exporter("grpc", &format!("127.0.0.1:{grpc}"), &url).await;
+    let stack = Stack::start(&["--nats-url", &nats.url()], &[]).await;
+    let url = &stack.http;
+    influx_client(url, url).await;
+    otlp_exporter("http", url, url).await;
+    otlp_exporter("grpc", &stack.grpc, url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,12 +2,12 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use common::{event, get_json, publish, unique};
 use kpi_proto::v1::ingest_client::IngestClient;
 use kpi_proto::v1::PublishRequest;
-use kpi_test_support::{free_port, Service};
+use kpi_test_support::Stack;
 
 const PUBLISHER_TOKEN: &str = "stack-publisher-token-0123456789";
 
@@ -16,14 +16,8 @@ async fn anonymous_readers_and_tokenless_publishers_are_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = dir.path().join("hs256.secret");
     std::fs::write(&secret, "an-hs256-secret-of-at-least-32-bytes!!").expect("write secret");
-    let (http, grpc) = (free_port(), free_port());
-    let stack = Service::spawn(
-        "kpi-stack",
+    let stack = Stack::start(
         &[
-            "--listen",
-            &format!("127.0.0.1:{http}"),
-            "--grpc-listen",
-            &format!("127.0.0.1:{grpc}"),
             "--allow-anonymous",
             "false",
             "--jwt-hs256-secret-file",
@@ -32,22 +26,14 @@ async fn anonymous_readers_and_tokenless_publishers_are_refused() {
             PUBLISHER_TOKEN,
         ],
         &[],
-    );
-    stack
-        .wait_http_ok(
-            &format!("http://127.0.0.1:{http}/readyz"),
-            Duration::from_secs(30),
-        )
-        .await;
+    )
+    .await;
 
     let code = unique("stack_secured");
-    let (status, body) = get_json(&format!(
-        "http://127.0.0.1:{http}/api/kpi/{code}?period=minute"
-    ))
-    .await;
+    let (status, body) = get_json(&format!("{}/api/kpi/{code}?period=minute", stack.http)).await;
     assert_eq!(status, 401, "an anonymous snapshot was served: {body}");
 
-    let mut client = IngestClient::connect(format!("http://127.0.0.1:{grpc}"))
+    let mut client = IngestClient::connect(format!("http://{}", stack.grpc))
         .await
         .expect("connect to ingest");
     let refused = publish(&mut client, vec![event("", &code, 1.0, SystemTime::now())]).await;
@@ -55,7 +41,7 @@ async fn anonymous_readers_and_tokenless_publishers_are_refused() {
         refused.map(|_| ()).map_err(|s| s.code()),
         Err(tonic::Code::Unauthenticated),
         "a publisher without the token was served\n{}",
-        stack.logs()
+        stack.service.logs()
     );
     let mut request = tonic::Request::new(PublishRequest {
         events: vec![event("", &code, 1.0, SystemTime::now())],
@@ -70,6 +56,6 @@ async fn anonymous_readers_and_tokenless_publishers_are_refused() {
     assert!(
         accepted.is_ok(),
         "the configured publisher token was refused: {accepted:?}\n{}",
-        stack.logs()
+        stack.service.logs()
     );
 }

@@ -12,9 +12,11 @@ pub mod nats;
 pub mod port;
 mod process;
 pub mod service;
+pub mod stack;
 
 pub use cluster::{ClusterSpec, LocalCluster};
 pub use http::{http_get, try_http_get, HttpError};
 pub use nats::{NatsCluster, NatsServer};
 pub use port::free_port;
 pub use service::{bin_path, Service};
+pub use stack::Stack;

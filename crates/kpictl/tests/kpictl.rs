@@ -3,26 +3,13 @@
 use std::process::Output;
 use std::time::Duration;
 
-use kpi_test_support::{free_port, NatsServer, Service};
+use kpi_test_support::{free_port, NatsServer, Service, Stack};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// kpi-stack on free ports; its `--listen` serves both ingest's HTTP and the gateway.
-async fn stack() -> (Service, String) {
-    let (http, grpc) = (free_port(), free_port());
-    let stack = Service::spawn(
-        "kpi-stack",
-        &[
-            "--listen",
-            &format!("127.0.0.1:{http}"),
-            "--grpc-listen",
-            &format!("127.0.0.1:{grpc}"),
-        ],
-        &[],
-    );
-    let url = format!("http://127.0.0.1:{http}");
-    stack
-        .wait_http_ok(&format!("{url}/readyz"), Duration::from_secs(30))
-        .await;
+async fn stack() -> (Stack, String) {
+    let stack = Stack::start(&[], &[]).await;
+    let url = stack.http.clone();
     (stack, url)
 }
 
@@ -93,7 +80,7 @@ async fn publish_then_get_round_trips() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{v}\n{}",
-            stack.logs()
+            stack.service.logs()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
