@@ -853,6 +853,7 @@ class WsDriver {
     switch (m && m.type) {
       case "snapshot":
       case "update":
+      case "patch":
         c._receive(m, "ws");
         break;
       case "subscribed":
