@@ -75,9 +75,11 @@ async fn an_sse_client_that_stops_reading_is_closed() {
         .write_all(b"GET /sse/kpi/busy HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n")
         .await
         .unwrap();
-    // Updates for 3 s while this client reads nothing.
+    // Updates for 6 s while this client reads nothing: the socket buffers
+    // must fill before the queue can stall, and with 3 s an unloaded machine
+    // only just filled them (measured: stalled after 2.5 s).
     let t = topic("busy", Period::Minute);
-    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
     let mut seq = 0;
     while tokio::time::Instant::now() < until {
         seq += 1;
