@@ -5,8 +5,10 @@
 //! client sees, a subject name) is defined here exactly once.
 
 pub mod access;
+pub mod cadence;
 pub mod code;
 pub mod event;
+pub mod merge_patch;
 pub mod message;
 pub mod partition;
 pub mod period;
@@ -15,6 +17,7 @@ pub mod subject;
 pub mod time;
 
 pub use access::{KpiGrants, KpiPattern, PatternError};
+pub use cadence::{Cadence, CadenceError};
 pub use code::{CodeError, KpiCode};
 pub use event::{EventError, EventRecord};
 pub use message::{ClientMessage, ErrorMessage, Secret, StatsView, UpdateKind, UpdateMessage};

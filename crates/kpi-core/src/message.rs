@@ -141,6 +141,13 @@ pub enum ClientMessage {
         period: String,
         #[serde(default)]
         since: Option<u64>,
+        /// `live` (absent), `<N>s`, `<N>m` or `close`; checked by the gateway
+        /// so a bad value gets a clear error naming it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cadence: Option<String>,
+        /// `full` (absent) or `delta`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        encoding: Option<String>,
     },
     Unsubscribe {
         kpi: String,
@@ -405,7 +412,9 @@ mod tests {
             ClientMessage::Subscribe {
                 kpi: "a".into(),
                 period: "hour".into(),
-                since: Some(4)
+                since: Some(4),
+                cadence: None,
+                encoding: None,
             }
         );
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"explode"}"#).is_err());

@@ -3,7 +3,7 @@
 // Layout (which KPIs, their periods and alert thresholds) lives in
 // localStorage; `?kpis=a,b` preselects KPIs; with neither, the page shows
 // every KPI the gateway knows (the demo's ten under `kpi-stack --demo`).
-import { KpiStream, isValidTopic } from "/kpistream.js";
+import { KpiStream, isValidTopic, cadenceMs } from "/kpistream.js";
 
 const LAYOUT_KEY = "kpistream.dashboard.v1";
 const SPARK_POINTS = 40;
@@ -12,6 +12,8 @@ const SPARK_TRAIL = 15;
 const DEFAULT_MAX_WIDGETS = 12;
 /** Quiet for longer than this (no update for the bucket), the age turns amber. */
 const QUIET_MS = { minute: 120e3, hour: 600e3, day: 3600e3 };
+// The refresh choices of a widget (a gateway accepts any <N>s/<N>m).
+const CADENCES = ["live", "5s", "1m", "close"];
 
 const params = new URLSearchParams(location.search);
 const client = new KpiStream({ token: params.get("token") || undefined });
@@ -42,7 +44,13 @@ function loadLayout() {
 }
 
 function saveLayout() {
-  const list = [...widgets.values()].map((w) => ({ kpi: w.kpi, period: w.period, above: w.above, below: w.below }));
+  const list = [...widgets.values()].map((w) => ({
+    kpi: w.kpi,
+    period: w.period,
+    cadence: w.cadence,
+    above: w.above,
+    below: w.below,
+  }));
   try {
     localStorage.setItem(LAYOUT_KEY, JSON.stringify({ widgets: list }));
   } catch {
@@ -59,10 +67,13 @@ function parseThreshold(v) {
 // ---- widgets ----
 
 class Widget {
-  constructor({ kpi, period = "minute", above = null, below = null }) {
+  constructor({ kpi, period = "minute", cadence = "live", above = null, below = null }) {
     this.id = nextId++;
     this.kpi = kpi;
     this.period = period;
+    // Anything else in a saved layout (an older page's) is live.
+    this.cadence = CADENCES.includes(cadence) ? cadence : "live";
+    this.lastAt = 0; // when the newest value arrived: when the next one is due
     this.above = parseThreshold(above);
     this.below = parseThreshold(below);
     this.msg = null;
@@ -81,12 +92,16 @@ class Widget {
     this.q(".w-name").title = kpi;
     this.periodSel = this.q(".w-period");
     this.periodSel.value = period;
+    this.cadenceSel = this.q(".w-cadence");
+    this.cadenceSel.value = this.cadence;
+    el.dataset.cadence = this.cadence;
     this.aboveIn = this.q(".w-above");
     this.belowIn = this.q(".w-below");
     if (this.above !== null) this.aboveIn.value = String(this.above);
     if (this.below !== null) this.belowIn.value = String(this.below);
 
     this.periodSel.addEventListener("change", () => this.switchPeriod(this.periodSel.value));
+    this.cadenceSel.addEventListener("change", () => this.setCadence(this.cadenceSel.value));
     this.q(".w-remove").addEventListener("click", () => removeWidget(this));
     const onThreshold = () => {
       this.above = parseThreshold(this.aboveIn.value);
@@ -99,8 +114,21 @@ class Widget {
     this.aboveIn.addEventListener("change", onThreshold);
     this.belowIn.addEventListener("change", onThreshold);
 
-    this.sub = client.subscribe(kpi, period, (m, meta) => this.onMessage(m, meta));
+    this.sub = client.subscribe(kpi, period, (m, meta) => this.onMessage(m, meta), {
+      cadence: this.cadence,
+      encoding: "delta",
+    });
     this.loadHistory();
+  }
+
+  setCadence(cadence) {
+    if (!CADENCES.includes(cadence) || cadence === this.cadence) return;
+    this.cadence = cadence;
+    this.el.dataset.cadence = cadence;
+    this.sub.setOptions({ cadence });
+    userTouched = true;
+    saveLayout();
+    this.tick();
   }
 
   switchPeriod(period) {
@@ -148,6 +176,7 @@ class Widget {
 
   onMessage(m, meta) {
     if (m.kpi !== this.kpi || m.period !== this.period) return;
+    if (meta.source !== "cache") this.lastAt = Date.now();
     const before = this.msg;
     this.msg = m;
     if (m.previous && m.previous.stats) this.addPoint(m.previous.bucket_start, m.previous.stats.last, false);
@@ -255,8 +284,16 @@ class Widget {
     this.el.classList.toggle("alert-below", now === "below");
   }
 
-  /** Once a second: age text and the stale marker. */
+  /** Once a second: age text, the stale marker and when a throttled value is due. */
   tick() {
+    const every = cadenceMs(this.cadence);
+    const due = this.q(".w-due");
+    if (every !== null && this.lastAt > 0) {
+      const left = Math.max(0, Math.ceil((this.lastAt + every - Date.now()) / 1000));
+      due.textContent = left > 0 ? `next in ≤ ${left} s` : "next on change";
+    } else {
+      due.textContent = this.cadence === "close" ? `next when the ${this.period} closes` : "";
+    }
     const m = this.msg;
     const stale = !this.sub.fresh;
     this.el.classList.toggle("stale", stale);

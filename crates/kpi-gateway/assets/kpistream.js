@@ -12,6 +12,13 @@
  *       //      stats:{count,sum,avg,min,max,last}, previous, event_time, updated_at}
  *       // meta: {source: "ws"|"sse"|"poll"|"cache"|"memory", stale: boolean}
  *     });
+ *     // Optional 4th argument: {cadence: "live" (default) | "<N>s" | "<N>m" |
+ *     //   "close", encoding: "full" (default) | "delta"}. A throttled
+ *     //   subscription hears at most once per N (the newest value); "close"
+ *     //   once per closed bucket plus corrections; "delta" asks the gateway
+ *     //   for merge patches, applied here (callbacks always get full messages).
+ *     //   Handles sharing a kpi+period share the most frequent cadence.
+ *     sub.setOptions({ cadence: "5s" }); // resubscribes with the new cadence
  *     sub.switchPeriod("hour");  // unsubscribe + subscribe, same callback
  *     sub.pause(); sub.resume(); // this subscription only (client side)
  *     sub.unsubscribe();
@@ -93,6 +100,43 @@ export function isValidTopic(kpi, period) {
 const sinceOf = (topic) => (topic.last && !topic.fromCache && topic.last.seq > 0 ? topic.last.seq : undefined);
 const keyOf = (kpi, period) => `${kpi}\u0000${period}`;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const CADENCE_RE = /^(live|close|[1-9][0-9]{0,5}[sm])$/;
+
+/** The interval of a `<N>s`/`<N>m` cadence in ms, else null. */
+export function cadenceMs(cadence) {
+  const m = /^([0-9]+)([sm])$/.exec(cadence ?? "");
+  return m ? Number(m[1]) * (m[2] === "m" ? 60000 : 1000) : null;
+}
+
+/** How often a cadence hears (lower is more often): live, then by N, then close. */
+const cadenceRank = (c) => (c === "live" ? 0 : c === "close" ? Infinity : cadenceMs(c));
+
+function checkOptions({ cadence = "live", encoding = "full" } = {}) {
+  if (!CADENCE_RE.test(cadence) || (cadenceMs(cadence) ?? 0) > 86400000) {
+    throw new TypeError(`invalid cadence: ${cadence} (live, close, <N>s or <N>m)`);
+  }
+  if (encoding !== "full" && encoding !== "delta") throw new TypeError(`invalid encoding: ${encoding}`);
+  return { cadence, encoding };
+}
+
+/** RFC 7386: applies a merge patch to `target` (mutated when an object) and returns the result. */
+export function applyMergePatch(target, patch) {
+  if (patch === null || typeof patch !== "object" || Array.isArray(patch)) return patch;
+  const out = target !== null && typeof target === "object" && !Array.isArray(target) ? target : {};
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = applyMergePatch(out[k], v);
+  }
+  return out;
+}
+
+/** The wire parameters of a topic's cadence and encoding (defaults left out). */
+function modeParams(topic) {
+  const p = {};
+  if (topic.cadence && topic.cadence !== "live") p.cadence = topic.cadence;
+  if (topic.encoding === "delta") p.encoding = "delta";
+  return p;
+}
 const isData = (m) =>
   m && (m.type === "snapshot" || m.type === "update") && Number.isSafeInteger(m.seq) && m.seq >= 0;
 
@@ -142,10 +186,10 @@ export class KpiStream {
   // ---- public API ----
 
   /** Subscribes to one KPI in one period; returns a handle. */
-  subscribe(kpi, period, onMessage) {
+  subscribe(kpi, period, onMessage, options = {}) {
     if (!isValidTopic(kpi, period)) throw new TypeError(`invalid kpi or period: ${kpi} ${period}`);
     if (typeof onMessage !== "function") throw new TypeError("onMessage must be a function");
-    const sub = new Subscription(this, kpi, period, onMessage);
+    const sub = new Subscription(this, kpi, period, onMessage, checkOptions(options));
     this._attach(sub);
     return sub;
   }
@@ -244,10 +288,31 @@ export class KpiStream {
     }
     topic.subs.add(sub);
     sub._topic = topic;
+    const changed = this._chooseMode(topic);
     if (topic.last) {
       sub._deliver(topic.last, { source: isNew ? "cache" : "memory", stale: !this._isFresh(topic) });
     }
     if (isNew) this._driver?.add(topic);
+    else if (changed) this._resubscribe(topic);
+  }
+
+  /** Sets a topic's wire cadence/encoding from its handles; true when it changed. */
+  _chooseMode(topic) {
+    const subs = [...topic.subs];
+    if (subs.length === 0) return false;
+    const cadence = subs.map((s) => s.cadence).reduce((a, b) => (cadenceRank(b) < cadenceRank(a) ? b : a));
+    // Patches only when every handle asked for them (they cost nothing to a full reader, but keep it explicit).
+    const encoding = subs.every((s) => s.encoding === "delta") ? "delta" : "full";
+    const changed = cadence !== topic.cadence || encoding !== topic.encoding;
+    topic.cadence = cadence;
+    topic.encoding = encoding;
+    return changed;
+  }
+
+  /** Subscribes a topic again (its cadence changed, or a patch could not be applied). */
+  _resubscribe(topic) {
+    this._driver?.remove(topic);
+    this._driver?.add(topic);
   }
 
   _detach(sub) {
@@ -258,6 +323,8 @@ export class KpiStream {
     if (topic.subs.size === 0 && this._topics.get(topic.key) === topic) {
       this._topics.delete(topic.key);
       this._driver?.remove(topic);
+    } else if (this._chooseMode(topic)) {
+      this._resubscribe(topic);
     }
   }
 
@@ -280,6 +347,7 @@ export class KpiStream {
 
   /** One data message from any transport: ordered per topic, then delivered. */
   _receive(msg, source) {
+    if (msg && msg.type === "patch") msg = this._unpatch(msg, source);
     if (!isData(msg)) return;
     const topic = this._topics.get(keyOf(msg.kpi, msg.period));
     if (!topic) return;
@@ -311,6 +379,25 @@ export class KpiStream {
     const meta = { source, stale: false };
     for (const s of topic.subs) s._deliver(msg, meta);
     this._emit("message", msg, meta);
+  }
+
+  /**
+   * The full message a patch makes of the one held, or null (and a fresh
+   * subscription, which starts with a full message) when it holds another.
+   */
+  _unpatch(p, source) {
+    const topic = this._topics.get(keyOf(p.kpi, p.period));
+    if (!topic) return null;
+    const last = topic.last;
+    if (!last || topic.fromCache || last.seq !== p.base_seq || !Number.isSafeInteger(p.seq)) {
+      this._log({ ev: "patch-miss", kpi: p.kpi, period: p.period, seq: p.seq, base: p.base_seq, source });
+      if (!last || last.seq < p.seq) this._resubscribe(topic);
+      return null;
+    }
+    const full = applyMergePatch(structuredClone(last), p.patch ?? {});
+    full.type = "update";
+    full.seq = p.seq;
+    return full;
   }
 
   // ---- connection management ----
@@ -635,8 +722,10 @@ export class KpiStream {
 
 /** A handle on one subscription; several handles may share a kpi+period. */
 class Subscription {
-  constructor(client, kpi, period, onMessage) {
+  constructor(client, kpi, period, onMessage, { cadence, encoding }) {
     this._client = client;
+    this.cadence = cadence;
+    this.encoding = encoding;
     this.kpi = kpi;
     this.period = period;
     this._onMessage = onMessage;
@@ -665,6 +754,17 @@ class Subscription {
     this.period = period;
     this._pending = null;
     this._client._attach(this);
+    return this;
+  }
+
+  /** Changes this handle's cadence and/or encoding (a resubscription when the wire mode changes). */
+  setOptions(options = {}) {
+    if (this.closed) throw new Error("subscription is closed");
+    const o = checkOptions({ cadence: this.cadence, encoding: this.encoding, ...options });
+    this.cadence = o.cadence;
+    this.encoding = o.encoding;
+    const topic = this._topic;
+    if (topic && this._client._chooseMode(topic)) this._client._resubscribe(topic);
     return this;
   }
 
@@ -753,6 +853,7 @@ class WsDriver {
     switch (m && m.type) {
       case "snapshot":
       case "update":
+      case "patch":
         c._receive(m, "ws");
         break;
       case "subscribed":
@@ -793,7 +894,7 @@ class WsDriver {
 
   add(topic) {
     if (!this.opened) return;
-    const msg = { type: "subscribe", kpi: topic.kpi, period: topic.period };
+    const msg = { type: "subscribe", kpi: topic.kpi, period: topic.period, ...modeParams(topic) };
     const since = sinceOf(topic);
     if (since !== undefined) msg.since = since;
     this.send(msg);
@@ -858,7 +959,7 @@ class SseDriver {
       this.poller.add(topic);
       return;
     }
-    const params = { period: topic.period, since: sinceOf(topic) };
+    const params = { period: topic.period, since: sinceOf(topic), ...modeParams(topic) };
     let es;
     try {
       es = new EventSource(this.c._url(`/sse/kpi/${topic.kpi}`, params, true));
@@ -1005,6 +1106,11 @@ class Poller {
     while (this.loops.get(topic.key) === loop) {
       const long = !this.helper && this.loops.size <= c.options.maxStreams;
       const params = { period: topic.period, wait: long ? c.options.pollWaitSecs : 0, since: sinceOf(topic) };
+      // A poll holds a throttled answer up to its longest wait; beyond that
+      // this loop keeps the rhythm itself. Polls never carry patches.
+      const every = cadenceMs(topic.cadence);
+      const spaced = every !== null && every > c.options.pollWaitSecs * 1000;
+      if (topic.cadence && topic.cadence !== "live" && !spaced) params.cadence = topic.cadence;
       try {
         const timeout = AbortSignal.timeout((params.wait + 10) * 1000);
         const body = await c._getJson(
@@ -1018,7 +1124,8 @@ class Poller {
         if (!this.helper) this.owner.ok();
         for (const m of body.messages ?? []) c._receive(m, "poll");
         c._status();
-        if (!long) await sleep(c.options.pollIntervalMs);
+        if (spaced) await sleep(every);
+        else if (!long) await sleep(c.options.pollIntervalMs);
       } catch (e) {
         if (loop.abort.signal.aborted) return;
         loop.failures += 1;

@@ -7,7 +7,9 @@ use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use kpi_core::{ErrorMessage, KpiCode, Period, Topic};
+use kpi_core::{Cadence, ErrorMessage, KpiCode, Period, Topic};
+
+use crate::fanout::outbox::Mode;
 
 /// An HTTP error answered as `{"type":"error","code":..,"message":..}`.
 #[derive(Debug)]
@@ -100,6 +102,28 @@ pub fn period(q: &Query) -> Result<Period, ApiError> {
 pub fn topic(path: Result<Path<String>, PathRejection>, q: &Query) -> Result<Topic, ApiError> {
     let code = code(path)?;
     Ok(Topic::new(code, period(q)?))
+}
+
+/// `cadence` and `encoding` from the query (`live` and full messages when
+/// absent); a 400 `invalid_cadence` or `invalid_encoding` otherwise.
+pub fn mode(q: &Query) -> Result<Mode, ApiError> {
+    let cadence = Cadence::parse_opt(q.get("cadence").map(String::as_str))
+        .map_err(|e| ApiError::bad_request("invalid_cadence", e.to_string()))?;
+    let delta = delta(q.get("encoding").map(String::as_str))
+        .map_err(|m| ApiError::bad_request("invalid_encoding", m))?;
+    Ok(Mode { cadence, delta })
+}
+
+/// `encoding`: `delta` asks for patches, `full` (or nothing) does not.
+pub fn delta(raw: Option<&str>) -> Result<bool, String> {
+    match raw {
+        None | Some("full") => Ok(false),
+        Some("delta") => Ok(true),
+        Some(other) => Err(format!(
+            "encoding {:?} is not full or delta",
+            other.chars().take(32).collect::<String>()
+        )),
+    }
 }
 
 /// An optional unsigned number parameter.

@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use kpi_core::Topic;
 
 use crate::fanout::hub;
-use crate::fanout::outbox::{Outbox, SubId};
+use crate::fanout::outbox::{Mode, Outbox, SubId};
 use crate::fanout::topic::Start;
 use crate::metrics::Transport;
 use crate::request::ApiError;
@@ -105,9 +105,9 @@ pub(crate) struct Watch {
 
 impl Watch {
     /// Queues the first messages (see [`Start`]) and then every update.
-    pub fn attach(self, session: &Session, sub: SubId, start: Start) -> Subscription {
+    pub fn attach(self, session: &Session, sub: SubId, start: Start, mode: Mode) -> Subscription {
         Subscription {
-            inner: self.interest.attach(&session.outbox, sub, start),
+            inner: self.interest.attach(&session.outbox, sub, start, mode),
             _claim: self.claim,
         }
     }
@@ -155,8 +155,9 @@ impl Session {
         topic: Topic,
         sub: SubId,
         start: Start,
+        mode: Mode,
     ) -> Result<Subscription, SubscribeError> {
-        Ok(self.watch(topic).await?.attach(self, sub, start))
+        Ok(self.watch(topic).await?.attach(self, sub, start, mode))
     }
 
     /// Takes `topic` against the caller's and the gateway's caps, without

@@ -1,4 +1,4 @@
-//! `GET /sse/kpi/<code>?period=&since=`: Server-Sent Events, `id:` = seq, resumable.
+//! `GET /sse/kpi/<code>?period=&since=&cadence=&encoding=`: Server-Sent Events, `id:` = seq, resumable.
 //!
 //! The same messages as the WebSocket, one per `data:` line. A reconnecting
 //! `EventSource` sends `Last-Event-ID`, which overrides `since`, so the browser
@@ -61,9 +61,10 @@ async fn open(
             )
         })?);
     }
+    let mode = request::mode(q)?;
     let session = Session::admit(app, caller, headers, Transport::Sse)?.open();
     let start = since.map_or(Start::Snapshot, Start::Since);
-    let sub = session.subscribe(topic, 1, start).await?;
+    let sub = session.subscribe(topic, 1, start, mode).await?;
     let watchdog = abort.map(|abort| {
         tokio::spawn(watch_stuck(
             session.outbox().clone(),

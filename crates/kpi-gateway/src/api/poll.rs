@@ -32,10 +32,31 @@ pub(crate) async fn handler(
         .map(Duration::from_secs)
         .unwrap_or_default()
         .min(app.settings.poll_max_wait);
+    let mode = request::mode(&q)?;
+    let cadence = mode.cadence;
+    if cadence
+        .interval()
+        .is_some_and(|n| n > app.settings.poll_max_wait)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_cadence",
+            format!(
+                "a poll waits at most {} s, so it cannot hold an answer for cadence {cadence}; use SSE or a WebSocket, or poll at that interval without a cadence",
+                app.settings.poll_max_wait.as_secs()
+            ),
+        ));
+    }
     let session = Session::admit(&app, caller, &headers, Transport::Poll)?.open();
     let start = since.map_or(Start::Snapshot, Start::After);
-    let _sub = session.subscribe(topic.clone(), 1, start).await?;
+    let _sub = session.subscribe(topic.clone(), 1, start, mode).await?;
     let outbox = session.outbox();
+    // A throttled poller that already holds a value is answered no sooner
+    // than its interval after asking (the topic holds it), with the newest
+    // value; it waits at least that long.
+    let wait = match (since, cadence.interval()) {
+        (Some(_), Some(n)) => wait.max(n).min(app.settings.poll_max_wait),
+        _ => wait,
+    };
     let mut messages = take_ready(outbox);
     if messages.is_empty() && !wait.is_zero() {
         tokio::select! {

@@ -22,7 +22,7 @@ use kpi_core::Topic;
 use parking_lot::Mutex;
 use tokio::task::AbortHandle;
 
-use crate::fanout::outbox::{Outbox, SubId};
+use crate::fanout::outbox::{Mode, Outbox, SubId};
 use crate::fanout::topic::{parse_batch, parse_seq, Start, TopicShared};
 use crate::GatewayError;
 
@@ -249,8 +249,8 @@ impl Interest {
 
     /// Becomes a subscription of `outbox`: queues the first messages (see
     /// [`TopicShared`]) and then every update.
-    pub fn attach(self, outbox: &Outbox, sub: SubId, start: Start) -> Subscription {
-        self.topic.attach(outbox, sub, start);
+    pub fn attach(self, outbox: &Outbox, sub: SubId, start: Start, mode: Mode) -> Subscription {
+        self.topic.attach_as(outbox, sub, start, mode);
         Subscription {
             outbox: outbox.clone(),
             sub,

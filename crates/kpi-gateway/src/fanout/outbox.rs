@@ -12,14 +12,23 @@
 //! Pausing (one subscription or the whole connection) uses the same path:
 //! updates are not queued but mark the subscription dirty, and resuming sends
 //! the latest value if it is newer than what the client last saw.
+//!
+//! A subscription's cadence rides on the same path too. A throttled one
+//! (`cadence=<N>s`) is held for N after each message it was sent: updates
+//! meanwhile only mark it dirty, and the writer (one timer per connection,
+//! armed for the earliest held subscription) sends the newest value when
+//! the hold ends: trailing edge, never lost. A `close` subscription ignores
+//! updates inside a bucket and hears only boundaries and corrections.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kpi_core::Cadence;
 use parking_lot::{Mutex, MutexGuard};
 
 /// Identifies one subscription within one connection.
@@ -31,8 +40,36 @@ pub type SubId = u64;
 pub trait Source: Send + Sync {
     /// The value to start from: its seq and the snapshot message.
     fn snapshot(&self) -> (u64, Bytes);
-    /// The newest update as published, if any.
-    fn latest_update(&self) -> Option<(u64, Bytes)>;
+    /// The newest update as published, if any; with `closing_only`, the
+    /// newest bucket boundary or correction (what a `close` cadence hears).
+    fn latest_update(&self, closing_only: bool) -> Option<(u64, Bytes)>;
+}
+
+/// How a subscription hears: its cadence, and whether it takes merge
+/// patches (`encoding=delta`) when it already holds their base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mode {
+    pub cadence: Cadence,
+    pub delta: bool,
+}
+
+/// An update's merge patch message against the update just before it.
+#[derive(Debug, Clone)]
+pub struct Patch {
+    pub base_seq: u64,
+    pub bytes: Bytes,
+}
+
+/// What a data message is to the cadences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataKind {
+    /// A subscription's first message.
+    Snapshot,
+    /// A change inside the current bucket.
+    Update,
+    /// The first update of a new bucket (its `previous` is the bucket that
+    /// closed), or a correction of a closed bucket.
+    Closing,
 }
 
 /// Replies and errors allowed beyond the data capacity. They are produced
@@ -64,7 +101,9 @@ enum Item {
         sub: SubId,
         seq: u64,
         bytes: Bytes,
-        snapshot: bool,
+        kind: DataKind,
+        /// Kept only for a delta subscription.
+        patch: Option<Patch>,
     },
     Control(Bytes),
     Ping,
@@ -79,6 +118,26 @@ struct SubState {
     /// An update was not queued (full or paused): send the latest when possible.
     dirty: bool,
     paused: bool,
+    cadence: Cadence,
+    delta: bool,
+    /// Throttled: nothing more goes out before this instant.
+    hold_until: Option<Instant>,
+}
+
+impl SubState {
+    /// Whether a message of `kind` is held back now (it marks the
+    /// subscription dirty instead).
+    fn held(&self, kind: DataKind) -> bool {
+        kind != DataKind::Snapshot && self.hold_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Records that a message went out: a throttled subscription holds.
+    fn sent(&mut self, seq: u64) {
+        self.last_sent = Some(seq);
+        if let Some(d) = self.cadence.interval() {
+            self.hold_until = Some(Instant::now() + d);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -93,6 +152,8 @@ struct State {
     /// Some subscription may be dirty: without this the writer would scan
     /// every subscription each time it finds the queue empty.
     maybe_dirty: bool,
+    /// When the earliest held, dirty subscription is due (the writer's timer).
+    next_due: Option<Instant>,
     paused: bool,
     /// Since when the oldest queued item has waited without the writer taking
     /// anything: the writer is blocked on a client that does not read.
@@ -156,17 +217,46 @@ impl Outbox {
         self.inner.id
     }
 
-    /// Adds a subscription whose conflated values come from `source`.
-    pub fn add_sub(&self, sub: SubId, source: Weak<dyn Source>, last_sent: Option<u64>) {
-        self.inner.state.lock().subs.insert(
+    /// Adds a subscription whose conflated values come from `source`. A
+    /// `dirty` one fetches its source's newest value when the writer next looks.
+    pub fn add_sub(
+        &self,
+        sub: SubId,
+        source: Weak<dyn Source>,
+        last_sent: Option<u64>,
+        mode: Mode,
+        dirty: bool,
+    ) {
+        let mut st = self.inner.state.lock();
+        st.subs.insert(
             sub,
             SubState {
                 source,
                 last_sent,
-                dirty: false,
+                dirty,
                 paused: false,
+                cadence: mode.cadence,
+                delta: mode.delta,
+                hold_until: None,
             },
         );
+        st.maybe_dirty |= dirty;
+    }
+
+    /// Holds a throttled subscription for its interval from now, as if a
+    /// message had just gone out (a poll that carries `since` was just
+    /// answered). No effect on other cadences.
+    pub fn hold(&self, sub: SubId) {
+        if let Some(s) = self.inner.state.lock().subs.get_mut(&sub) {
+            if let Some(d) = s.cadence.interval() {
+                s.hold_until = Some(Instant::now() + d);
+            }
+        }
+    }
+
+    /// When the earliest held subscription with something newer is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.inner.state.lock().next_due
     }
 
     pub fn remove_sub(&self, sub: SubId) {
@@ -176,7 +266,16 @@ impl Outbox {
 
     /// Queues a data message, or marks its subscription dirty when the queue
     /// is full or the subscription is paused. Never blocks, never grows past capacity.
-    pub fn push_data(&self, sub: SubId, seq: u64, bytes: Bytes, snapshot: bool) {
+    /// `patch`, when given, goes out instead of `bytes` to a delta
+    /// subscription whose last message was the patch's base.
+    pub fn push_data(
+        &self,
+        sub: SubId,
+        seq: u64,
+        bytes: Bytes,
+        kind: DataKind,
+        patch: Option<&Patch>,
+    ) {
         let mut guard = self.inner.state.lock();
         let st = &mut *guard;
         if st.close.is_some() || st.finished {
@@ -185,6 +284,20 @@ impl Outbox {
         let Some(s) = st.subs.get_mut(&sub) else {
             return;
         };
+        if s.cadence == Cadence::Close && kind == DataKind::Update {
+            return;
+        }
+        if s.held(kind) {
+            // The first update held since the last send wakes the writer to
+            // arm its timer; later ones find it armed.
+            let first = !s.dirty;
+            s.dirty = true;
+            st.maybe_dirty = true;
+            if first {
+                wake(guard);
+            }
+            return;
+        }
         if st.paused || s.paused || st.data_len >= self.inner.capacity {
             s.dirty = true;
             st.maybe_dirty = true;
@@ -196,11 +309,13 @@ impl Outbox {
             s.dirty = false;
         }
         st.waiting_since.get_or_insert_with(Instant::now);
+        let patch = patch.filter(|_| s.delta).cloned();
         st.queue.push_back(Item::Data {
             sub,
             seq,
             bytes,
-            snapshot,
+            kind,
+            patch,
         });
         st.data_len += 1;
         wake(guard);
@@ -326,7 +441,27 @@ impl Outbox {
     /// `f`, in order, all taken under one lock. `None` once a close was
     /// handed out.
     pub async fn fill(&self, max: usize, mut f: impl FnMut(Out)) -> Option<Filled> {
-        std::future::poll_fn(|cx| self.poll_fill(Some(cx.waker()), max, &mut f)).await
+        // The connection's one timer: armed only while a throttled
+        // subscription holds something newer, for the earliest of them.
+        let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        std::future::poll_fn(|cx| loop {
+            if let Poll::Ready(r) = self.poll_fill(Some(cx.waker()), max, &mut f) {
+                return Poll::Ready(r);
+            }
+            let Some(due) = self.next_due() else {
+                return Poll::Pending;
+            };
+            let due = tokio::time::Instant::from_std(due);
+            let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            if t.deadline() != due {
+                t.as_mut().reset(due);
+            }
+            if t.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // Due: look again, the hold is over.
+        })
+        .await
     }
 
     /// The next thing to send; waits for one. `None` once a close was handed out.
@@ -404,13 +539,15 @@ impl Outbox {
         // Read the sources without holding our lock: a source locks itself
         // then pushes here, so the reverse order could deadlock.
         let mut found = Vec::new();
-        for (id, source, last) in dirty {
+        for (id, source, last, cadence) in dirty {
             let Some(source) = source.upgrade() else {
                 continue;
             };
             let candidate = match last {
                 None => Some(source.snapshot()),
-                Some(last) => source.latest_update().filter(|(seq, _)| *seq > last),
+                Some(last) => source
+                    .latest_update(cadence == Cadence::Close)
+                    .filter(|(seq, _)| *seq > last),
             };
             if let Some(c) = candidate {
                 found.push((id, c));
@@ -431,7 +568,7 @@ impl Outbox {
             // Re-checked: the writer is the only one moving last_sent, but a
             // resubscription could have replaced the entry meanwhile.
             if s.last_sent.is_none_or(|last| seq > last) {
-                s.last_sent = Some(seq);
+                s.sent(seq);
                 st.ready.push_back((seq, bytes));
             }
         }
@@ -464,13 +601,14 @@ fn pop(st: &mut State) -> Option<Out> {
                 sub,
                 seq,
                 bytes,
-                snapshot,
+                kind,
+                patch,
             } => {
                 st.data_len -= 1;
                 let Some(s) = st.subs.get_mut(&sub) else {
                     continue;
                 };
-                if st.paused || s.paused {
+                if st.paused || s.paused || s.held(kind) {
                     s.dirty = true;
                     st.maybe_dirty = true;
                     continue;
@@ -478,7 +616,7 @@ fn pop(st: &mut State) -> Option<Out> {
                 match s.last_sent {
                     // The first message of a subscription must be a
                     // snapshot; the dirty path will fetch one.
-                    None if !snapshot => {
+                    None if kind != DataKind::Snapshot => {
                         s.dirty = true;
                         st.maybe_dirty = true;
                         continue;
@@ -486,7 +624,13 @@ fn pop(st: &mut State) -> Option<Out> {
                     Some(last) if seq <= last => continue,
                     _ => {}
                 }
-                s.last_sent = Some(seq);
+                // The patch only if the client holds its base; a full
+                // message otherwise (after a gap, a conflation, a resume).
+                let bytes = match patch {
+                    Some(p) if s.last_sent == Some(p.base_seq) => p.bytes,
+                    _ => bytes,
+                };
+                s.sent(seq);
                 return Some(Out::Data { seq, bytes });
             }
         }
@@ -494,25 +638,34 @@ fn pop(st: &mut State) -> Option<Out> {
     None
 }
 
-/// A dirty subscription to look up: its id, source and last seq sent.
-type Dirty = (SubId, Weak<dyn Source>, Option<u64>);
+/// A dirty subscription to look up: its id, source, last seq sent and cadence.
+type Dirty = (SubId, Weak<dyn Source>, Option<u64>, Cadence);
 
-/// Dirty, unpaused subscriptions (their marks cleared), to look up.
+/// Dirty subscriptions neither paused nor held (their marks cleared), to
+/// look up; notes when the earliest held one is due.
 fn take_dirty(st: &mut State) -> Vec<Dirty> {
     let mut dirty = Vec::new();
+    st.next_due = None;
     if st.paused || !st.maybe_dirty {
         return dirty;
     }
     let mut left = false;
+    let now = Instant::now();
+    let mut next_due: Option<Instant> = None;
     for (id, s) in st.subs.iter_mut() {
-        if s.dirty && !s.paused {
+        let hold = s.hold_until.filter(|t| *t > now);
+        if s.dirty && !s.paused && hold.is_none() {
             s.dirty = false;
-            dirty.push((*id, s.source.clone(), s.last_sent));
+            dirty.push((*id, s.source.clone(), s.last_sent, s.cadence));
         } else if s.dirty {
             left = true;
+            if let Some(t) = hold.filter(|_| !s.paused) {
+                next_due = Some(next_due.map_or(t, |n| n.min(t)));
+            }
         }
     }
     st.maybe_dirty = left;
+    st.next_due = next_due;
     dirty
 }
 
@@ -615,7 +768,7 @@ mod tests {
         // Queue holds 1, 2; 3..=10 conflated. Drained: 1, 2, then latest 10.
         assert_eq!(seqs(&o), vec![1, 2, 10]);
         // A stale republish never goes out.
-        o.push_data(1, 7, update(7).1, false);
+        o.push_data(1, 7, update(7).1, DataKind::Update, None);
         assert!(seqs(&o).is_empty());
     }
 

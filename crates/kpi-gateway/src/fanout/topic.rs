@@ -4,21 +4,33 @@
 //! fanning it out, and registering a subscriber with its first messages. So a
 //! new subscriber gets its snapshot (or missed updates) and then exactly the
 //! updates that follow, with no gap and no duplicate between the two.
+//!
+//! Each update is classed once, here, for the `close` cadence: the first
+//! update of a new bucket and a correction of a closed one are "closing";
+//! the rest stay inside a bucket.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
-use kpi_core::{Topic, UpdateMessage};
+use kpi_core::{Cadence, Topic, UpdateMessage};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
-use crate::fanout::outbox::{Outbox, Source, SubId};
+use crate::fanout::outbox::{DataKind, Mode, Outbox, Patch, Source, SubId};
 
 /// Just enough of an update to order it; the bytes are relayed untouched.
 #[derive(Deserialize)]
 struct Head {
     seq: u64,
+}
+
+/// Just enough of an update to class it for the `close` cadence.
+#[derive(Deserialize)]
+struct BucketHead {
+    bucket_start: String,
+    #[serde(default)]
+    correction: bool,
 }
 
 /// The `seq` of an update message, if it is one.
@@ -63,8 +75,18 @@ struct TopicState {
     ring: VecDeque<(u64, Bytes)>,
     latest_seq: u64,
     latest: Option<Bytes>,
+    /// The bucket of the newest non-correction update (its `bucket_start`).
+    bucket: Option<String>,
+    /// The newest bucket boundary or correction, for `close` subscriptions.
+    latest_closing: Option<(u64, Bytes)>,
     snapshot_cache: Option<(u64, Bytes)>,
-    subscribers: HashMap<(u64, SubId), Outbox>,
+    /// Each subscriber's outbox and mode.
+    subscribers: HashMap<(u64, SubId), (Outbox, Mode)>,
+    /// Subscribers taking patches: patches are computed only while some do.
+    delta_subscribers: usize,
+    /// Subscribers with the `close` cadence: updates are classed (parsed)
+    /// only while some listen, so `live` fan-out costs what it did.
+    close_subscribers: usize,
 }
 
 /// What a new subscriber starts from.
@@ -93,8 +115,12 @@ impl TopicShared {
                 ring: VecDeque::new(),
                 latest_seq: 0,
                 latest: None,
+                bucket: None,
+                latest_closing: None,
                 snapshot_cache: None,
                 subscribers: HashMap::new(),
+                delta_subscribers: 0,
+                close_subscribers: 0,
             }),
         })
     }
@@ -107,19 +133,35 @@ impl TopicShared {
             if seq <= st.latest_seq && st.latest.is_some() {
                 continue;
             }
-            if st.latest.is_some() && seq != st.latest_seq + 1 {
+            let follows = st.latest.is_some() && seq == st.latest_seq + 1;
+            if st.latest.is_some() && !follows {
                 // The missing updates are gone for good: the ring must not
                 // pretend to cover them.
                 st.ring.clear();
             }
+            // Once per update, shared by every delta subscriber.
+            let patch = match &st.latest {
+                Some(base) if follows && st.delta_subscribers > 0 => {
+                    patch_message(&self.topic, st.latest_seq, base, seq, &bytes)
+                }
+                _ => None,
+            };
             st.ring.push_back((seq, bytes.clone()));
             while st.ring.len() > st.window {
                 st.ring.pop_front();
             }
             st.latest_seq = seq;
             st.latest = Some(bytes.clone());
-            for ((_, sub), outbox) in st.subscribers.iter() {
-                outbox.push_data(*sub, seq, bytes.clone(), false);
+            let kind = if st.close_subscribers > 0 {
+                class(&mut st.bucket, &bytes)
+            } else {
+                DataKind::Update
+            };
+            if kind == DataKind::Closing {
+                st.latest_closing = Some((seq, bytes.clone()));
+            }
+            for ((_, sub), (outbox, _)) in st.subscribers.iter() {
+                outbox.push_data(*sub, seq, bytes.clone(), kind, patch.as_ref());
             }
         }
     }
@@ -135,17 +177,44 @@ impl TopicShared {
     /// go through [`crate::fanout::hub::Interest::attach`], which also holds
     /// the upstream subscription.)
     pub fn attach(self: &Arc<Self>, outbox: &Outbox, sub: SubId, start: Start) {
+        self.attach_as(outbox, sub, start, Mode::default());
+    }
+
+    /// [`TopicShared::attach`] with a cadence. Under any cadence but `live`
+    /// a resume gets the newest value, not the backlog: a stream a snapshot
+    /// now, a poll the newest update once due. A throttled poll (`After`)
+    /// is held for its interval from now: the poller was just answered, so
+    /// its request loop hears at most once per interval.
+    pub fn attach_as(self: &Arc<Self>, outbox: &Outbox, sub: SubId, start: Start, mode: Mode) {
         let source: Weak<dyn Source> = Arc::downgrade(self) as Weak<dyn Source>;
         let mut st = self.state.lock();
         let latest = st.latest_seq;
+        let live = mode.cadence == Cadence::Live;
+        if mode.cadence == Cadence::Close && st.close_subscribers == 0 {
+            // Classing starts now: from the bucket of the newest update.
+            st.bucket = None;
+            if let Some(latest) = st.latest.clone() {
+                class(&mut st.bucket, &latest);
+            }
+        }
+        st.count(mode, 1);
+        // A resubscription replaces an entry: its counts go with it.
+        if let Some((_, old)) = st
+            .subscribers
+            .insert((outbox.id(), sub), (outbox.clone(), mode))
+        {
+            st.count(old, -1);
+        }
         let since = match start {
             Start::Snapshot => None,
             // Up to date: nothing old to send; the next update follows.
-            Start::After(since) if since == latest => {
-                outbox.add_sub(sub, source, Some(latest));
-                st.subscribers.insert((outbox.id(), sub), outbox.clone());
+            // Behind and not live: only the newest is owed, fetched when due.
+            Start::After(since) if since == latest || !live && since < latest => {
+                outbox.add_sub(sub, source, Some(since), mode, since < latest);
+                outbox.hold(sub);
                 return;
             }
+            Start::Since(_) if !live => None,
             Start::Since(since) | Start::After(since) => (since < latest).then_some(since),
         };
         match since {
@@ -155,24 +224,27 @@ impl TopicShared {
                     .front()
                     .is_some_and(|(first, _)| *first <= since + 1) =>
             {
-                outbox.add_sub(sub, source, Some(since));
+                outbox.add_sub(sub, source, Some(since), mode, false);
                 for (seq, bytes) in st.ring.iter().filter(|(s, _)| *s > since) {
-                    outbox.push_data(sub, *seq, bytes.clone(), false);
+                    outbox.push_data(sub, *seq, bytes.clone(), DataKind::Update, None);
                 }
             }
             _ => {
-                outbox.add_sub(sub, source, None);
+                outbox.add_sub(sub, source, None, mode, false);
                 let (seq, bytes) = snapshot_locked(&self.topic, &mut st);
-                outbox.push_data(sub, seq, bytes, true);
+                outbox.push_data(sub, seq, bytes, DataKind::Snapshot, None);
             }
         }
-        st.subscribers.insert((outbox.id(), sub), outbox.clone());
     }
 
     /// Undoes [`TopicShared::attach`]: no more updates for `sub`, and its
     /// queued ones are dropped.
     pub fn detach(&self, outbox: &Outbox, sub: SubId) {
-        self.state.lock().subscribers.remove(&(outbox.id(), sub));
+        let mut st = self.state.lock();
+        if let Some((_, old)) = st.subscribers.remove(&(outbox.id(), sub)) {
+            st.count(old, -1);
+        }
+        drop(st);
         outbox.remove_sub(sub);
     }
 
@@ -186,6 +258,11 @@ impl TopicShared {
     pub fn latest_update(&self) -> Option<(u64, Bytes)> {
         let st = self.state.lock();
         st.latest.clone().map(|b| (st.latest_seq, b))
+    }
+
+    /// The newest bucket boundary or correction, if any.
+    pub fn latest_closing(&self) -> Option<(u64, Bytes)> {
+        self.state.lock().latest_closing.clone()
     }
 
     /// Updates after `since` when the ring covers all of them contiguously.
@@ -212,13 +289,68 @@ impl TopicShared {
     }
 }
 
+impl TopicState {
+    /// Counts a subscriber in (`1`) or out (`-1`) of the delta and close tallies.
+    fn count(&mut self, mode: Mode, by: isize) {
+        if mode.delta {
+            self.delta_subscribers = self.delta_subscribers.saturating_add_signed(by);
+        }
+        if mode.cadence == Cadence::Close {
+            self.close_subscribers = self.close_subscribers.saturating_add_signed(by);
+        }
+    }
+}
+
 impl Source for TopicShared {
     fn snapshot(&self) -> (u64, Bytes) {
         TopicShared::snapshot(self)
     }
 
-    fn latest_update(&self) -> Option<(u64, Bytes)> {
-        TopicShared::latest_update(self)
+    fn latest_update(&self, closing_only: bool) -> Option<(u64, Bytes)> {
+        if closing_only {
+            self.latest_closing()
+        } else {
+            TopicShared::latest_update(self)
+        }
+    }
+}
+
+/// The `patch` message turning update `base_seq` (`base`) into `seq` (`new`):
+/// `{"type":"patch","kpi":..,"period":..,"base_seq":..,"seq":..,"patch":{RFC 7386}}`.
+fn patch_message(topic: &Topic, base_seq: u64, base: &[u8], seq: u64, new: &[u8]) -> Option<Patch> {
+    let old: serde_json::Value = serde_json::from_slice(base).ok()?;
+    let new: serde_json::Value = serde_json::from_slice(new).ok()?;
+    let msg = serde_json::json!({
+        "type": "patch",
+        "kpi": topic.code.as_str(),
+        "period": topic.period.as_str(),
+        "base_seq": base_seq,
+        "seq": seq,
+        "patch": kpi_core::merge_patch::diff(&old, &new),
+    });
+    let bytes = Bytes::from(serde_json::to_vec(&msg).ok()?);
+    Some(Patch { base_seq, bytes })
+}
+
+/// Classes an update against the bucket of the previous one (updating it):
+/// a correction, or a first update in a later bucket, is closing. The first
+/// update a topic sees opens no boundary: what closed before it is unknown.
+fn class(bucket: &mut Option<String>, raw: &[u8]) -> DataKind {
+    let Ok(head) = serde_json::from_slice::<BucketHead>(raw) else {
+        return DataKind::Update;
+    };
+    if head.correction {
+        return DataKind::Closing;
+    }
+    // RFC 3339 UTC times of one format order as strings do.
+    let closing = bucket.as_ref().is_some_and(|b| head.bucket_start > *b);
+    if bucket.as_ref().is_none_or(|b| head.bucket_start > *b) {
+        *bucket = Some(head.bucket_start);
+    }
+    if closing {
+        DataKind::Closing
+    } else {
+        DataKind::Update
     }
 }
 

@@ -12,9 +12,10 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use kpi_core::message::{Pong, Reply, ReplyKind, MAX_PING_ID_BYTES};
-use kpi_core::{ClientMessage, ErrorMessage, KpiCode, Period, Topic};
+use kpi_core::{Cadence, ClientMessage, ErrorMessage, KpiCode, Period, Topic};
 use serde_json::Value;
 
+use crate::fanout::outbox::Mode;
 use crate::fanout::topic::Start;
 use crate::metrics::Transport;
 use crate::security::access::{Access, Caller};
@@ -125,8 +126,20 @@ impl Mux {
         let msg = parse_client_message(text).map_err(|e| Refusal::new(e.code, e.message))?;
         match msg {
             ClientMessage::Auth { token } => self.reauthenticate(token.expose()).map(Some),
-            ClientMessage::Subscribe { kpi, period, since } => {
-                self.subscribe(&kpi, &period, since).await
+            ClientMessage::Subscribe {
+                kpi,
+                period,
+                since,
+                cadence,
+                encoding,
+            } => {
+                let cadence = Cadence::parse_opt(cadence.as_deref()).map_err(|e| {
+                    Refusal::new("invalid_cadence", e.to_string()).about(&kpi, &period)
+                })?;
+                let delta = crate::request::delta(encoding.as_deref())
+                    .map_err(|m| Refusal::new("invalid_encoding", m).about(&kpi, &period))?;
+                self.subscribe(&kpi, &period, since, Mode { cadence, delta })
+                    .await
             }
             ClientMessage::Unsubscribe { kpi, period } => {
                 let topic = parse_topic(&kpi, &period)?;
@@ -157,6 +170,7 @@ impl Mux {
         kpi: &str,
         period: &str,
         since: Option<u64>,
+        mode: Mode,
     ) -> Result<Option<Bytes>, Refusal> {
         let topic = parse_topic(kpi, period)?;
         let caller = self.session.caller();
@@ -167,7 +181,8 @@ impl Mux {
                     .about(kpi, period),
             );
         }
-        // Subscribing again to the same topic restarts it (fresh snapshot or resume).
+        // Subscribing again to the same topic restarts it (fresh snapshot or
+        // resume), which is also how a client switches its cadence.
         self.subs.remove(&topic);
         let max = self.session.app().settings.max_subscriptions;
         if self.subs.len() >= max {
@@ -190,7 +205,7 @@ impl Mux {
         self.next_id += 1;
         let start = since.map_or(Start::Snapshot, Start::Since);
         self.subs
-            .insert(topic, watch.attach(&self.session, id, start));
+            .insert(topic, watch.attach(&self.session, id, start, mode));
         // The reply was queued above.
         Ok(None)
     }

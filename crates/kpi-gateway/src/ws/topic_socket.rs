@@ -44,6 +44,7 @@ async fn prepare(
         Some(since) => Start::Since(since),
         None => Start::Snapshot,
     };
+    let mode = request::mode(q)?;
     let session = Session::admit(app, caller, headers, Transport::Ws)?;
     let ws = match ws {
         Ok(ws) => ws,
@@ -51,7 +52,7 @@ async fn prepare(
     };
     let session = session.open();
     // Subscribed before the upgrade: a refusal is still a clean HTTP error.
-    let sub = session.subscribe(topic, 1, start).await?;
+    let sub = session.subscribe(topic, 1, start, mode).await?;
     Ok(ws.on_upgrade(move |socket| async move {
         let app = session.app().clone();
         let outbox = session.outbox().clone();

@@ -89,6 +89,19 @@ impl Gateway {
         ws
     }
 
+    /// A `/ws` socket subscribed to `kpi` (minute) with extra subscribe
+    /// fields (`cadence`, `encoding`), its `subscribed` reply read.
+    pub async fn mux_subscribed(&self, kpi: &str, extra: Value) -> Ws {
+        let mut ws = self.ws("/ws").await;
+        let mut msg = serde_json::json!({"type":"subscribe","kpi":kpi,"period":"minute"});
+        if let (Some(m), Value::Object(extra)) = (msg.as_object_mut(), extra) {
+            m.extend(extra);
+        }
+        send(&mut ws, msg).await;
+        assert_eq!(recv(&mut ws).await["type"], "subscribed");
+        ws
+    }
+
     pub async fn stop(self) {
         self.shutdown.trigger();
         let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
