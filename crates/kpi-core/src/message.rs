@@ -5,17 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::code::KpiCode;
 use crate::period::Period;
-
-/// Aggregates as clients see them: `avg`, `min`, `max`, `last` are `null` for an empty bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct StatsView {
-    pub count: u64,
-    pub sum: f64,
-    pub avg: Option<f64>,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub last: Option<f64>,
-}
+pub use crate::stats::StatsView;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -3,7 +3,16 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::message::StatsView;
+/// Aggregates as clients see them: `avg`, `min`, `max`, `last` are `null` for an empty bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StatsView {
+    pub count: u64,
+    pub sum: f64,
+    pub avg: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub last: Option<f64>,
+}
 
 /// The running aggregate of one bucket.
 ///
