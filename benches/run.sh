@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the numbers in benches/README.md on this machine. Takes about
-# 22 minutes; not part of CI. Every run is bounded and stops by itself.
+# 27 minutes; not part of CI. Every run is bounded and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/usr/local/sbin"
@@ -42,6 +42,17 @@ $LG kpistream --connections 3000 --kpis 3000 --rate 0.33 --duration 20 --warmup 
 # JSON array, NDJSON and InfluxDB line protocol into one kpi-ingest on NATS.
 $LG ingest-formats --events 100000 --batch 1000 --concurrency 4 \
     --out "$OUT/g-ingest-formats" > "$OUT/g-ingest-formats.md"
+
+# Cadence and encoding: bytes and messages per dashboard-hour for a 20-KPI
+# dashboard on kpi-stack --demo, six variants in one 3-minute window.
+cargo build --release -p kpi-stack
+$LG dashboard --duration 180 --warmup 3 --out "$OUT/h-dashboard" > "$OUT/h-dashboard.md"
+
+# Gateway CPU per connection-second at B's load, live versus 5s, back to back.
+for c in live 5s; do
+    $LG kpistream --connections 10000 --kpis 100 --rate 10 --duration 20 --warmup 3 \
+        --cadence "$c" --out "$OUT/i-cadence-$c" > /dev/null
+done
 
 # Micro-benchmarks of the hot paths.
 cargo bench -p kpi-aggregator --bench apply

@@ -53,6 +53,8 @@ pub struct WorkerArgs {
     pub kpi_prefix: String,
     #[arg(long)]
     pub period: String,
+    #[arg(long, default_value = "live")]
+    pub cadence: String,
     #[arg(long)]
     pub source_first: u8,
     #[arg(long)]
@@ -359,6 +361,10 @@ async fn open(idx: usize, args: &WorkerArgs) -> anyhow::Result<Ws> {
     let stream = sock.connect(addr).await.context("TCP connect")?;
     stream.set_nodelay(true)?;
     let path = match args.kind {
+        Kind::Kpistream if args.cadence != "live" => format!(
+            "/ws/kpi/{code}?period={}&cadence={}",
+            args.period, args.cadence
+        ),
         Kind::Kpistream | Kind::Plain => format!("/ws/kpi/{code}?period={}", args.period),
         Kind::Nats => "/".to_string(),
     };

@@ -69,6 +69,7 @@ fn spawn_workers(load: &LoadArgs, target: &Target) -> anyhow::Result<Vec<Worker>
             .args(["--kpis", &load.kpis.to_string()])
             .args(["--kpi-prefix", &load.kpi_prefix])
             .args(["--period", &load.period])
+            .args(["--cadence", &load.cadence])
             .args(["--source-first", &load.source_first.to_string()])
             .args(["--conns-per-source", &load.conns_per_source.to_string()])
             .args([
@@ -229,7 +230,7 @@ pub async fn measure(load: &LoadArgs, target: &Target) -> anyhow::Result<RunRepo
     let expected = sent_in_window as f64 * subs_per_kpi;
     Ok(RunReport {
         target: target.name.to_string(),
-        setup: target.setup.clone(),
+        setup: format!("{}; cadence={}", target.setup, load.cadence),
         connections_wanted: load.connections,
         connections_open: open,
         connect_failures: failed,

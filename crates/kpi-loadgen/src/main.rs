@@ -2,7 +2,8 @@
 //!
 //! One run measures one target (`kpistream`, `plain`, `nats-ws`) or all three
 //! with the same load (`compare`), so every figure has a baseline taken on
-//! the same machine at the same time. Clients live in worker child processes
+//! the same machine at the same time. `dashboard` measures what one 20-KPI
+//! dashboard receives per hour under each cadence and encoding. Clients live in worker child processes
 //! (`clients`), because one process may open at most 20,000 files here; the
 //! plain baseline server is a child process too (`serve-plain`), so its CPU is
 //! measured the way the gateway's is. Every run is bounded in connections and
@@ -10,6 +11,7 @@
 
 mod clients;
 mod coordinator;
+mod dashboard;
 mod formats;
 mod nats_ws;
 mod plain;
@@ -44,6 +46,8 @@ enum Cmd {
     NatsWs(LoadArgs),
     /// Runs kpistream, plain and nats-ws with the same load and writes a report with ratios.
     Compare(CompareArgs),
+    /// Bytes and messages per dashboard-hour: one 20-KPI `/ws` dashboard per cadence x encoding on `kpi-stack --demo`.
+    Dashboard(dashboard::DashboardArgs),
     /// Ingest throughput per format (gRPC stream, JSON array, NDJSON, line protocol) in one run.
     IngestFormats(formats::FormatArgs),
     /// The plain baseline server (child process of `plain`).
@@ -68,6 +72,10 @@ pub struct LoadArgs {
     pub rate: f64,
     #[arg(long, default_value = "minute")]
     pub period: String,
+    /// kpistream's per-subscription cadence (`live`, `<N>s`, `<N>m`, `close`),
+    /// to compare the gateway's CPU at the same published load.
+    #[arg(long, default_value = "live")]
+    pub cadence: String,
     /// Seconds of measurement (after the warm-up).
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
@@ -169,6 +177,7 @@ fn main() -> anyhow::Result<()> {
                 coordinator::run_one(&load, target).await
             }
             Cmd::Compare(a) => coordinator::compare(&a).await,
+            Cmd::Dashboard(a) => dashboard::run(a).await,
             Cmd::IngestFormats(a) => formats::run(a).await,
             Cmd::ServePlain(a) => plain::serve(a).await,
             Cmd::Clients(a) => clients::run(a).await,
