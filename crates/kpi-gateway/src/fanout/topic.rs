@@ -317,7 +317,11 @@ impl Source for TopicShared {
 
 /// The `patch` message turning update `base_seq` (`base`) into `seq` (`new`):
 /// `{"type":"patch","kpi":..,"period":..,"base_seq":..,"seq":..,"patch":{RFC 7386}}`.
+/// None when the patch would not be smaller than the message itself (a new
+/// bucket changes nearly every field): delta subscribers then get the full
+/// message, so `encoding=delta` never costs more bytes than full messages.
 fn patch_message(topic: &Topic, base_seq: u64, base: &[u8], seq: u64, new: &[u8]) -> Option<Patch> {
+    let full_len = new.len();
     let old: serde_json::Value = serde_json::from_slice(base).ok()?;
     let new: serde_json::Value = serde_json::from_slice(new).ok()?;
     let msg = serde_json::json!({
@@ -328,8 +332,14 @@ fn patch_message(topic: &Topic, base_seq: u64, base: &[u8], seq: u64, new: &[u8]
         "seq": seq,
         "patch": kpi_core::merge_patch::diff(&old, &new),
     });
-    let bytes = Bytes::from(serde_json::to_vec(&msg).ok()?);
-    Some(Patch { base_seq, bytes })
+    let bytes = serde_json::to_vec(&msg).ok()?;
+    if bytes.len() >= full_len {
+        return None;
+    }
+    Some(Patch {
+        base_seq,
+        bytes: Bytes::from(bytes),
+    })
 }
 
 /// Classes an update against the bucket of the previous one (updating it):
