@@ -14,7 +14,8 @@ import {
 } from "kpistream";
 import { KpiProvider, useKpi, type KpiState } from "kpistream/react";
 
-const client = new KpiStream({ url: "https://gateway.example", transports: ["ws", "sse"], cache: true });
+const token: string | undefined = new URLSearchParams(location.search).get("token") ?? undefined;
+const client = new KpiStream({ url: "https://gateway.example", token, transports: ["ws", "sse"], cache: true });
 
 // Every message of the protocol is typed; nullable stats must be checked before use.
 function describe(m: ServerMessage): string {

@@ -44,55 +44,52 @@ const TOKEN_RETRY_MS = 5000;
 
 export interface KpiStreamOptions {
   /** Gateway base URL (default: the page's origin). */
-  url?: string;
+  url?: string | undefined;
   /**
    * JWT; sent as `Authorization: Bearer` on fetches, as the `bearer.<jwt>`
    * subprotocol on WebSockets (so it stays out of URLs and logs), and as
    * `?token=` on SSE (EventSource can send nothing else).
    */
-  token?: string;
+  token?: string | undefined;
   /**
    * Returns a fresh JWT; called before the token expires (and when the
    * gateway closes for an expired one), and the new token is handed to the
    * open connection (`{"type":"auth"}`).
    */
-  getToken?: () => Promise<string | null | undefined> | string | null | undefined;
+  getToken?: (() => Promise<string | null | undefined> | string | null | undefined) | undefined;
   /** Order to try (default `["ws", "sse", "poll"]`). */
-  transports?: TransportName[];
+  transports?: TransportName[] | undefined;
   /** A connection not open within this counts as failed (5000). */
-  openTimeoutMs?: number;
+  openTimeoutMs?: number | undefined;
   /** Failed opens, while plain HTTP to the gateway works, before falling back to the next transport (2). */
-  fallbackAfter?: number;
+  fallbackAfter?: number | undefined;
   /** While on a fallback, how often to try WebSocket again (60000; 0: never). */
-  upgradeEveryMs?: number;
+  upgradeEveryMs?: number | undefined;
   /** Reconnect delay: full jitter, random(0, min(max, base * 2^n)), never giving up (500). */
-  baseBackoffMs?: number;
+  baseBackoffMs?: number | undefined;
   /** (30000) */
-  maxBackoffMs?: number;
+  maxBackoffMs?: number | undefined;
   /** Long-poll wait in seconds (25). */
-  pollWaitSecs?: number;
+  pollWaitSecs?: number | undefined;
   /** Short-poll interval when there are more topics than `maxStreams` (2000). */
-  pollIntervalMs?: number;
+  pollIntervalMs?: number | undefined;
   /** SSE streams (and long polls) at once (4): a browser opens only 6 HTTP/1.1 connections per host. */
-  maxStreams?: number;
+  maxStreams?: number | undefined;
   /** WebSocket application-level ping interval (25000). */
-  pingEveryMs?: number;
+  pingEveryMs?: number | undefined;
   /** A WebSocket that answers nothing for this long after a ping is dropped (10000). */
-  pongTimeoutMs?: number;
+  pongTimeoutMs?: number | undefined;
   /**
    * Keep the last message of every subscription in localStorage and show it
    * (stale) on the next start (true); kept per gateway and identity (the
    * token's `sub`), and cleared when the gateway answers `forbidden`.
    */
-  cache?: boolean;
+  cache?: boolean | undefined;
   /** localStorage key prefix ("kpistream:last:"). */
-  storagePrefix?: string;
+  storagePrefix?: string | undefined;
   /** The runtime (timers, clock, sockets, fetch, storage): for tests and non-browser hosts. */
-  env?: Partial<Environment>;
+  env?: Partial<Environment> | undefined;
 }
-
-export type ResolvedOptions = Required<Omit<KpiStreamOptions, "url" | "token" | "getToken" | "env">> &
-  Pick<KpiStreamOptions, "url" | "token" | "getToken">;
 
 const DEFAULTS = {
   transports: ["ws", "sse", "poll"] as TransportName[],
@@ -109,6 +106,9 @@ const DEFAULTS = {
   cache: true,
   storagePrefix: "kpistream:last:",
 };
+
+/** The options in force: the defaults, overridden by what the caller set. */
+export type ResolvedOptions = typeof DEFAULTS & Pick<KpiStreamOptions, "url" | "token" | "getToken">;
 
 /** The connection as `status` and the `status` event report it. */
 export interface ConnectionStatus {

@@ -11,9 +11,9 @@ const MAX_CADENCE_MS = 86_400_000;
 /** A subscription's wire mode. */
 export interface SubscribeOptions {
   /** `live` (default), `<N>s`, `<N>m` or `close`. */
-  cadence?: Cadence;
+  cadence?: Cadence | undefined;
   /** `full` (default) or `delta` (merge patches, applied by the client). */
-  encoding?: Encoding;
+  encoding?: Encoding | undefined;
 }
 
 export interface Mode {

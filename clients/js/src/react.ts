@@ -31,11 +31,11 @@ export interface KpiState {
 
 export interface UseKpiOptions {
   /** `live` (default), `<N>s`, `<N>m` or `close`. */
-  cadence?: Cadence;
+  cadence?: Cadence | undefined;
   /** `full` (default) or `delta`. */
-  encoding?: Encoding;
+  encoding?: Encoding | undefined;
   /** A client to use instead of the provider's or the shared one. */
-  client?: KpiStream;
+  client?: KpiStream | undefined;
 }
 
 const KpiContext = createContext<KpiStream | null>(null);
