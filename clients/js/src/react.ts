@@ -157,6 +157,10 @@ function storeOf(client: KpiStream): KpiStore {
  * re-rendering on every new message and connection change.
  *
  *     const { message, stale } = useKpi("revenue_eur", "minute", { cadence: "5s" });
+ *
+ * The client is `options.client`, else the nearest `<KpiProvider>`'s, else
+ * `sharedClient()` (the page's origin). A bad code, period or option throws
+ * a TypeError, as `KpiStream.subscribe` does.
  */
 export function useKpi(code: string, period: Period, options: UseKpiOptions = {}): KpiState {
   const fromContext = useContext(KpiContext);
@@ -168,7 +172,6 @@ export function useKpi(code: string, period: Period, options: UseKpiOptions = {}
   const subscribe = useCallback(
     (onChange: () => void) => storeOf(client()).watch(key, code, period, mode, onChange),
     // `mode` is in `key`.
-    // eslint-disable-next-line react-hooks/exhaustive-deps
     [client, key],
   );
   const getSnapshot = useCallback(() => storeOf(client()).snapshot(key, code, period), [client, key, code, period]);
