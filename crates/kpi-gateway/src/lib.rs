@@ -28,4 +28,4 @@ pub mod ws;
 
 pub use config::{Cli, GatewaySettings};
 pub use error::GatewayError;
-pub use server::{run, run_with_routes};
+pub use server::{route_table, run, run_with_routes};
