@@ -18,6 +18,7 @@ pub mod error;
 pub mod fanout;
 mod http;
 pub mod metrics;
+mod protocol_docs;
 pub mod request;
 pub mod security;
 mod server;

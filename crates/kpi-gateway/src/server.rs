@@ -34,6 +34,7 @@ fn routes(cors: impl FnOnce(Routes<AppState>) -> Routes<AppState>) -> Routes<App
     Routes::new()
         // The dashboard page, its assets and /kpistream.js.
         .merge(crate::assets::routes())
+        .merge(crate::protocol_docs::routes())
         .merge(cors(cross_origin))
         .get("/ws", crate::ws::mux::handler)
         .get("/ws/kpi/{code}", crate::ws::topic_socket::handler)
