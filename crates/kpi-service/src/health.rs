@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
-use axum::Router;
 
 use crate::routes::Routes;
 
@@ -49,11 +48,6 @@ where
         .get("/healthz", || async { "ok\n" })
         .get("/readyz", readyz)
         .get("/metrics", metrics)
-}
-
-/// [`ops_routes`] alone, for a service that serves nothing else over HTTP.
-pub fn ops_router(readiness: Readiness) -> Router {
-    ops_routes().with_state(readiness).into_router()
 }
 
 async fn readyz(State(r): State<Readiness>) -> (StatusCode, String) {

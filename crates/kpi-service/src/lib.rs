@@ -16,7 +16,7 @@ pub use bus_args::BusArgs;
 pub use config::ConfigError;
 pub use connect::{connect_bus, ConnectError, CONNECT_PATIENCE};
 pub use drain::{drain, Drained};
-pub use health::{ops_router, ops_routes, Readiness};
+pub use health::{ops_routes, Readiness};
 pub use routes::{Endpoint, Method, Routes};
 pub use shutdown::Shutdown;
 pub use token_bucket::TokenBucket;

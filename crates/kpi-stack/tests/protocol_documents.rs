@@ -1,4 +1,4 @@
-//! docs/openapi.yaml and docs/asyncapi.yaml match the routers: every route kpi-gateway, kpi-ingest's HTTP port and kpi-stack serve is documented, nothing else is, and a running stack serves both documents.
+//! docs/openapi.yaml and docs/asyncapi.yaml match the routers: every route kpi-gateway, the HTTP ports of kpi-ingest and kpi-aggregator, and kpi-stack serve is documented, nothing else is, and a running stack serves both documents.
 //!
 //! The routers' own route tables (`kpi_service::Routes`) are the truth on
 //! the code side; an OpenAPI operation names the binaries that serve it in
@@ -15,7 +15,7 @@ const OPENAPI: &str = include_str!("../../../docs/openapi.yaml");
 const ASYNCAPI: &str = include_str!("../../../docs/asyncapi.yaml");
 
 /// The binaries an operation's `x-services` may name.
-const SERVICES: [&str; 3] = ["kpi-gateway", "kpi-ingest", "kpi-stack"];
+const SERVICES: [&str; 4] = ["kpi-gateway", "kpi-ingest", "kpi-aggregator", "kpi-stack"];
 
 /// `"GET /api/kpis"`-style lines, sorted, for readable differences.
 type RouteSet = BTreeSet<String>;
@@ -86,6 +86,14 @@ fn openapi_lists_exactly_the_gateways_routes() {
 #[test]
 fn openapi_lists_exactly_the_routes_of_ingests_http_port() {
     assert_same("kpi-ingest", &served(&kpi_ingest::http_route_table()));
+}
+
+#[test]
+fn openapi_lists_exactly_the_routes_of_the_aggregators_http_port() {
+    assert_same(
+        "kpi-aggregator",
+        &served(&kpi_aggregator::http_route_table()),
+    );
 }
 
 /// kpi-stack serves the gateway's router with ingest's HTTP formats merged
