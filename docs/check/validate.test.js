@@ -1,5 +1,5 @@
-// Validates docs/asyncapi.yaml with the AsyncAPI parser (schema and rules)
-// and docs/openapi.yaml with Redocly's linter (schema and the recommended
+// Validates docs/asyncapi.yaml with the AsyncAPI parser (schema and rules),
+// its message examples against their payload schemas (Ajv), and docs/openapi.yaml with Redocly's linter (schema and the recommended
 // rules of redocly.yaml). Each check is also run on a broken copy, so a
 // validator that accepts anything fails here instead of passing silently.
 
@@ -11,6 +11,8 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Parser, DiagnosticSeverity } from "@asyncapi/parser";
+import Ajv from "ajv";
+import addFormats from "ajv-formats";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const docs = join(here, "..");
@@ -55,6 +57,23 @@ test("the AsyncAPI check refuses a broken document", async () => {
   const broken = asyncapi.replace("channel: {$ref: '#/channels/topicSocket'}", "channel: {$ref: '#/channels/nowhere'}");
   assert.notEqual(broken, asyncapi);
   assert.notDeepEqual(await asyncapiErrors(broken), []);
+});
+
+test("every AsyncAPI message example matches its payload schema", async () => {
+  const { document } = await new Parser().parse(asyncapi);
+  const ajv = new Ajv({ allErrors: true, strict: false });
+  addFormats(ajv);
+  let checked = 0;
+  for (const message of document.components().messages().all()) {
+    const validate = ajv.compile(message.payload().json());
+    assert.ok(message.examples().length > 0, `message ${message.id()} has no example`);
+    for (const example of message.examples().all()) {
+      const ok = validate(example.payload());
+      assert.ok(ok, `${message.id()}: ${JSON.stringify(example.payload())}: ${ajv.errorsText(validate.errors)}`);
+      checked += 1;
+    }
+  }
+  assert.ok(checked >= 13, `only ${checked} examples`);
 });
 
 test("openapi.yaml is a valid OpenAPI 3.1 document", () => {

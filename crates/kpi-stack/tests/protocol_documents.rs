@@ -6,9 +6,12 @@
 
 use std::collections::BTreeSet;
 
-use kpi_core::{KpiCode, Period, UpdateMessage};
+use kpi_core::message::{Pong, Reply, SystemMessage};
+use kpi_core::{ClientMessage, ErrorMessage, KpiCode, Period, UpdateKind, UpdateMessage};
 use kpi_service::Endpoint;
 use kpi_test_support::Stack;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_yaml::Value;
 
 const OPENAPI: &str = include_str!("../../../docs/openapi.yaml");
@@ -202,6 +205,93 @@ fn the_documented_data_message_is_the_one_the_code_writes() {
     for (message, stats) in schemas {
         assert_eq!(fields(&json), required(message));
         assert_eq!(fields(&json["stats"]), required(stats));
+    }
+}
+
+/// JSON as both sides may spell it: numbers as `f64` (`4` and `4.0` alike)
+/// and no `null` members (a type may write an absent option as `null`).
+fn canonical(v: &serde_json::Value) -> serde_json::Value {
+    match kpi_core::merge_patch::strip_nulls(v) {
+        serde_json::Value::Number(n) => serde_json::json!(n.as_f64()),
+        serde_json::Value::Array(a) => a.iter().map(canonical).collect(),
+        serde_json::Value::Object(m) => m.iter().map(|(k, x)| (k.clone(), canonical(x))).collect(),
+        other => other,
+    }
+}
+
+/// `payload` read as the code's type `T` and written back.
+fn through<T: DeserializeOwned + Serialize>(
+    name: &str,
+    payload: &serde_json::Value,
+) -> serde_json::Value {
+    let parsed: T = serde_json::from_value(payload.clone())
+        .unwrap_or_else(|e| panic!("the {name} example is not one the code reads: {e}\n{payload}"));
+    serde_json::to_value(parsed).expect("serializes")
+}
+
+/// Every message asyncapi.yaml documents has an example, and every example
+/// is one the code reads and writes unchanged; a patch example turns the
+/// snapshot example of its `base_seq` into a valid message of its `seq`.
+#[test]
+fn every_asyncapi_example_is_a_message_the_code_reads_and_writes() {
+    let doc = yaml(ASYNCAPI);
+    let messages = doc["components"]["messages"]
+        .as_mapping()
+        .expect("messages");
+    let mut data = Vec::new();
+    let mut patches = Vec::new();
+    for (name, message) in messages {
+        let name = name.as_str().expect("a message name");
+        let examples = message["examples"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("message {name} has no example"));
+        for example in examples {
+            let payload = serde_json::to_value(&example["payload"]).expect("YAML as JSON");
+            if name != "reply" {
+                assert_eq!(payload["type"], name, "the type of a {name} example");
+            }
+            let written = match name {
+                "subscribe" | "unsubscribe" | "pause" | "resume" | "ping" | "auth" => {
+                    through::<ClientMessage>(name, &payload)
+                }
+                "snapshot" | "update" => {
+                    let m: UpdateMessage =
+                        serde_json::from_value(payload.clone()).expect("a data message");
+                    let kind = if name == "snapshot" {
+                        UpdateKind::Snapshot
+                    } else {
+                        UpdateKind::Update
+                    };
+                    assert_eq!(m.kind, kind);
+                    data.push(m.clone());
+                    serde_json::to_value(m).expect("serializes")
+                }
+                "reply" => through::<Reply>(name, &payload),
+                "pong" => through::<Pong>(name, &payload),
+                "error" => through::<ErrorMessage>(name, &payload),
+                "system" => through::<SystemMessage>(name, &payload),
+                // No Rust type: the gateway builds it as JSON; checked below.
+                "patch" => {
+                    patches.push(payload.clone());
+                    payload.clone()
+                }
+                other => panic!("no check for message {other}: add its type here"),
+            };
+            assert_eq!(canonical(&written), canonical(&payload), "message {name}");
+        }
+    }
+    assert!(!patches.is_empty());
+    for patch in patches {
+        let base = data
+            .iter()
+            .find(|m| Some(m.seq) == patch["base_seq"].as_u64())
+            .expect("a data example with the patch's base_seq");
+        let mut patched = serde_json::to_value(base).expect("serializes");
+        kpi_core::merge_patch::apply(&mut patched, &patch["patch"]);
+        let patched: UpdateMessage =
+            serde_json::from_value(patched).expect("a patched message is a data message");
+        assert_eq!(Some(patched.seq), patch["seq"].as_u64());
+        assert_eq!(patched.kpi.as_str(), patch["kpi"]);
     }
 }
 
