@@ -1,6 +1,7 @@
 // Validates docs/asyncapi.yaml with the AsyncAPI parser (schema and rules),
-// its message examples against their payload schemas (Ajv), and docs/openapi.yaml with Redocly's linter (schema and the recommended
-// rules of redocly.yaml). Each check is also run on a broken copy, so a
+// its message examples against their payload schemas (Ajv), and docs/openapi.yaml
+// against the OpenAPI 3.1 JSON Schema and with Redocly's linter (the
+// recommended rules of redocly.yaml). Each check is also run on a broken copy, so a
 // validator that accepts anything fails here instead of passing silently.
 
 import { test } from "node:test";
@@ -13,6 +14,7 @@ import { fileURLToPath } from "node:url";
 import { Parser, DiagnosticSeverity } from "@asyncapi/parser";
 import Ajv from "ajv";
 import addFormats from "ajv-formats";
+import { Validator } from "@seriousme/openapi-schema-validator";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const docs = join(here, "..");
@@ -76,16 +78,26 @@ test("every AsyncAPI message example matches its payload schema", async () => {
   assert.ok(checked >= 13, `only ${checked} examples`);
 });
 
-test("openapi.yaml is a valid OpenAPI 3.1 document", () => {
+/** Errors against the OpenAPI Initiative's JSON Schema of the document's version. */
+async function openapiSchemaErrors(path) {
+  const validator = new Validator();
+  const r = await validator.validate(path);
+  return r.valid ? [] : r.errors;
+}
+
+test("openapi.yaml is a valid OpenAPI 3.1 document", async () => {
   assert.match(openapi, /^openapi: 3\.1\.\d+$/m);
+  assert.deepEqual(await openapiSchemaErrors(join(docs, "openapi.yaml")), []);
   const r = redoclyLint(join(docs, "openapi.yaml"));
   assert.equal(r.status, 0, r.output);
 });
 
-test("the OpenAPI check refuses a broken document", () => {
+test("the OpenAPI check refuses a broken document", async () => {
   // A response without its required description.
   const broken = openapi.replace("          description: The current bucket of the topic.\n", "");
   assert.notEqual(broken, openapi);
-  const r = redoclyLint(brokenCopy("openapi.yaml", broken));
+  const path = brokenCopy("openapi.yaml", broken);
+  assert.notDeepEqual(await openapiSchemaErrors(path), []);
+  const r = redoclyLint(path);
   assert.notEqual(r.status, 0, r.output);
 });
