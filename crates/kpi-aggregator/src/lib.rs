@@ -14,5 +14,5 @@ pub mod threshold;
 pub mod worker;
 
 pub use config::{AggregatorArgs, AggregatorSettings, Lateness};
-pub use server::{run, AggregatorError};
+pub use server::{http_route_table, run, AggregatorError};
 pub use threshold::ThresholdPolicy;

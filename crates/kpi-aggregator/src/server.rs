@@ -3,11 +3,21 @@
 use std::time::Duration;
 
 use kpi_bus::Bus;
-use kpi_service::{ops_router, Readiness, Shutdown};
+use kpi_service::{ops_routes, Endpoint, Readiness, Routes, Shutdown};
 use tokio::net::TcpListener;
 
 use crate::config::AggregatorSettings;
 use crate::worker::Worker;
+
+/// The HTTP port serves only the ops routes.
+fn http_routes() -> Routes<Readiness> {
+    ops_routes()
+}
+
+/// The endpoints of the HTTP port (`--listen`). docs/openapi.yaml lists the same.
+pub fn http_route_table() -> Vec<Endpoint> {
+    http_routes().table().to_vec()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AggregatorError {
@@ -54,7 +64,7 @@ pub async fn run(
     tracing::info!(partitions = ?settings.owned_partitions(), "aggregator running");
 
     let http_task = http.map(|listener| {
-        let router = ops_router(readiness.clone());
+        let router = http_routes().with_state(readiness.clone()).into_router();
         let sd = shutdown.clone();
         tokio::spawn(async move {
             axum::serve(listener, router)

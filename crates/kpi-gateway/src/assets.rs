@@ -13,8 +13,7 @@ use std::sync::OnceLock;
 use axum::extract::{Path, Query};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use kpi_service::Routes;
 
 use crate::request;
 
@@ -30,7 +29,7 @@ const CSS: &str = "text/css; charset=utf-8";
 const SVG: &str = "image/svg+xml";
 
 /// Revalidate every time; the `ETag` makes that a 304 when nothing changed.
-const REVALIDATE: &str = "no-cache";
+pub(crate) const REVALIDATE: &str = "no-cache";
 /// For `?v=<hash>` URLs whose hash matches: the content behind them never changes.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
@@ -40,13 +39,13 @@ const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self';
     img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'";
 
 /// The routes of this module, merged into the gateway's router.
-pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/", get(index))
-        .route("/index.html", get(index))
-        .route("/kpistream.js", get(client))
-        .route("/favicon.ico", get(favicon))
-        .route("/assets/{name}", get(asset))
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Routes<S> {
+    Routes::new()
+        .get("/", index)
+        .get("/index.html", index)
+        .get("/kpistream.js", client)
+        .get("/favicon.ico", favicon)
+        .get("/assets/{name}", asset)
 }
 
 /// FNV-1a 64: stable across builds and platforms, enough to tell versions apart.
@@ -73,7 +72,7 @@ fn index_html() -> &'static str {
 
 /// A body with its content type, cache policy and `ETag`; 304 when the
 /// browser already holds this exact body.
-fn serve(
+pub(crate) fn serve(
     headers: &HeaderMap,
     body: &'static str,
     content_type: &'static str,

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fanout;
 mod http;
 pub mod metrics;
+mod protocol_docs;
 pub mod request;
 pub mod security;
 mod server;
@@ -28,4 +29,4 @@ pub mod ws;
 
 pub use config::{Cli, GatewaySettings};
 pub use error::GatewayError;
-pub use server::{run, run_with_routes};
+pub use server::{route_table, run, run_with_routes};

@@ -8,10 +8,8 @@
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
-use axum::Router;
 use kpi_bus::Bus;
-use kpi_service::{Readiness, Shutdown};
+use kpi_service::{Endpoint, Readiness, Routes, Shutdown};
 use tokio::net::TcpListener;
 
 use crate::fanout::hub::Hub;
@@ -24,28 +22,44 @@ use crate::session::slots::Connections;
 use crate::state::AppState;
 use crate::{GatewayError, GatewaySettings};
 
-fn router(state: AppState, readiness: Readiness) -> Router {
-    // Reads a page on another (allowed) origin may make: CORS answered.
-    let cross_origin = Router::new()
-        .route("/sse/kpi/{code}", get(crate::sse::handler))
-        .route("/api/kpi/{code}", get(crate::api::snapshot::handler))
-        .route("/api/kpi/{code}/history", get(crate::api::history::handler))
-        .route("/api/kpi/{code}/updates", get(crate::api::poll::handler))
-        .route("/api/kpis", get(crate::api::kpis::handler))
-        .layer(axum::middleware::from_fn_with_state(
-            state.security.clone(),
-            crate::security::cors::layer,
-        ));
-    Router::new()
+/// Every route the gateway serves, added in this one place; `cors` wraps the
+/// reads a page on another (allowed) origin may make.
+fn routes(cors: impl FnOnce(Routes<AppState>) -> Routes<AppState>) -> Routes<AppState> {
+    let cross_origin = Routes::new()
+        .get("/sse/kpi/{code}", crate::sse::handler)
+        .get("/api/kpi/{code}", crate::api::snapshot::handler)
+        .get("/api/kpi/{code}/history", crate::api::history::handler)
+        .get("/api/kpi/{code}/updates", crate::api::poll::handler)
+        .get("/api/kpis", crate::api::kpis::handler);
+    Routes::new()
         // The dashboard page, its assets and /kpistream.js.
         .merge(crate::assets::routes())
-        .merge(cross_origin)
-        .route("/ws", get(crate::ws::mux::handler))
-        .route("/ws/kpi/{code}", get(crate::ws::topic_socket::handler))
-        .route("/api/admin/broadcast", post(crate::admin::broadcast))
-        .route("/api/admin/maintenance", post(crate::admin::maintenance))
-        .with_state(state)
-        .merge(kpi_service::ops_router(readiness))
+        .merge(crate::protocol_docs::routes())
+        .merge(cors(cross_origin))
+        .get("/ws", crate::ws::mux::handler)
+        .get("/ws/kpi/{code}", crate::ws::topic_socket::handler)
+        .post("/api/admin/broadcast", crate::admin::broadcast)
+        .post("/api/admin/maintenance", crate::admin::maintenance)
+        .merge(kpi_service::ops_routes())
+}
+
+/// What the gateway serves: the endpoints of [`run`]'s router (and of
+/// [`run_with_routes`]'s, before its `extra`). docs/openapi.yaml lists the
+/// same. The CORS layer adds no route, so it is left out here, where there
+/// is no state to build it from.
+pub fn route_table() -> Vec<Endpoint> {
+    routes(|reads| reads).table().to_vec()
+}
+
+fn router(state: AppState) -> Routes {
+    let security = state.security.clone();
+    routes(|reads| {
+        reads.layer(axum::middleware::from_fn_with_state(
+            security,
+            crate::security::cors::layer,
+        ))
+    })
+    .with_state(state)
 }
 
 /// Serves the gateway on `listener` until `shutdown` fires, then drains
@@ -56,7 +70,7 @@ pub async fn run(
     settings: GatewaySettings,
     shutdown: Shutdown,
 ) -> Result<(), GatewayError> {
-    run_with_routes(listener, bus, settings, Router::new(), shutdown).await
+    run_with_routes(listener, bus, settings, Routes::new(), shutdown).await
 }
 
 /// [`run`], also serving `extra` routes on the same port (kpi-stack puts
@@ -65,7 +79,7 @@ pub async fn run_with_routes(
     listener: TcpListener,
     bus: Bus,
     settings: GatewaySettings,
-    extra: Router,
+    extra: Routes,
     shutdown: Shutdown,
 ) -> Result<(), GatewayError> {
     settings.validate()?;
@@ -121,8 +135,9 @@ pub async fn run_with_routes(
         security,
         clients,
         quota: TopicQuota::new(settings.max_topics_per_caller),
+        readiness: readiness.clone(),
     };
-    let app = router(state.clone(), readiness.clone()).merge(extra);
+    let app = router(state.clone()).merge(extra).into_router();
     let local = listener.local_addr()?;
     let header_timeout = settings.header_read_timeout;
     let mut server = tokio::spawn({

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
-use kpi_service::Shutdown;
+use kpi_service::{Readiness, Shutdown};
 
 use crate::fanout::hub::Hub;
 use crate::security::Security;
@@ -27,6 +27,8 @@ pub(crate) struct AppState {
     pub clients: Clients,
     /// Distinct topics per caller.
     pub quota: TopicQuota,
+    /// What `/readyz` answers.
+    pub readiness: Readiness,
 }
 
 impl AppState {
@@ -41,5 +43,11 @@ impl AppState {
 impl FromRef<AppState> for Security {
     fn from_ref(app: &AppState) -> Security {
         app.security.clone()
+    }
+}
+
+impl FromRef<AppState> for Readiness {
+    fn from_ref(app: &AppState) -> Readiness {
+        app.readiness.clone()
     }
 }

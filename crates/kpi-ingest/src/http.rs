@@ -11,11 +11,11 @@ use std::io::Read;
 use std::pin::Pin;
 
 use axum::body::{Body, Bytes};
+use axum::extract::FromRef;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
 use futures::{Stream, StreamExt};
+use kpi_service::Routes;
 
 use crate::accept::{Accept, Refusal};
 use crate::publishers::Publisher;
@@ -27,14 +27,18 @@ pub const RETRY_AFTER_BUS_SECS: u64 = 5;
 /// Size of the pieces a gzip body is inflated in.
 const INFLATE_CHUNK: usize = 64 * 1024;
 
-/// `POST /v1/events`, `/api/v2/write`, `/write` and `/v1/metrics` over `accept`.
-pub fn routes(accept: Accept) -> Router {
-    Router::new()
-        .route("/v1/events", post(json::handler))
-        .route("/api/v2/write", post(influx::write_handler))
-        .route("/write", post(influx::write_handler))
-        .route("/v1/metrics", post(otlp::handler))
-        .with_state(accept)
+/// `POST /v1/events`, `/api/v2/write`, `/write` and `/v1/metrics`, for a
+/// router whose state holds the [`Accept`] path.
+pub fn routes<S>() -> Routes<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Accept: FromRef<S>,
+{
+    Routes::new()
+        .post("/v1/events", json::handler)
+        .post("/api/v2/write", influx::write_handler)
+        .post("/write", influx::write_handler)
+        .post("/v1/metrics", otlp::handler)
 }
 
 /// A whole-request refusal: its status, `Retry-After` when there is one, and the message.

@@ -26,7 +26,7 @@ pub mod validate;
 
 pub use accept::Accept;
 pub use config::{Config, ConfigError, IngestArgs, IngestSettings, TlsFiles};
-pub use server::{run, run_with};
+pub use server::{http_route_table, run, run_with};
 pub use service::IngestService;
 
 /// Why the ingest server could not start or stopped with a failure.

@@ -2,9 +2,10 @@
 
 use std::future::IntoFuture;
 
+use axum::extract::FromRef;
 use kpi_bus::Bus;
 use kpi_proto::v1::ingest_server::IngestServer;
-use kpi_service::{ops_router, Readiness, Shutdown};
+use kpi_service::{ops_routes, Endpoint, Readiness, Routes, Shutdown};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
@@ -24,6 +25,35 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The health-check name of the Ingest service, `kpi.v1.Ingest`.
 pub const SERVICE_NAME: &str = <IngestServer<IngestService> as NamedService>::NAME;
+
+/// What the HTTP port's handlers share.
+#[derive(Clone)]
+struct HttpState {
+    accept: Accept,
+    readiness: Readiness,
+}
+
+impl FromRef<HttpState> for Accept {
+    fn from_ref(s: &HttpState) -> Accept {
+        s.accept.clone()
+    }
+}
+
+impl FromRef<HttpState> for Readiness {
+    fn from_ref(s: &HttpState) -> Readiness {
+        s.readiness.clone()
+    }
+}
+
+/// Everything the HTTP port serves: the publishers' formats and the ops routes.
+fn http_routes() -> Routes<HttpState> {
+    crate::http::routes().merge(ops_routes())
+}
+
+/// The endpoints of the HTTP port (`--http-listen`). docs/openapi.yaml lists the same.
+pub fn http_route_table() -> Vec<Endpoint> {
+    http_routes().table().to_vec()
+}
 
 /// Serves until `shutdown` fires, then drains and returns.
 ///
@@ -130,7 +160,12 @@ pub async fn run_with(
     let mut http_server = tokio::spawn(
         axum::serve(
             http,
-            crate::http::routes(accept).merge(ops_router(readiness.clone())),
+            http_routes()
+                .with_state(HttpState {
+                    accept,
+                    readiness: readiness.clone(),
+                })
+                .into_router(),
         )
         .with_graceful_shutdown(async move {
             let _ = http_stopped.await;

@@ -3,10 +3,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
+
+use crate::routes::Routes;
 
 /// What `/readyz` reports. A service marks itself ready once its bus is
 /// connected and its listeners are up, and unready first thing when draining,
@@ -38,13 +38,16 @@ impl Readiness {
     }
 }
 
-/// The three operational routes. Merge it into a service's router.
-pub fn ops_router(readiness: Readiness) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(readiness)
+/// The three operational routes, for a router whose state holds the [`Readiness`].
+pub fn ops_routes<S>() -> Routes<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Readiness: FromRef<S>,
+{
+    Routes::new()
+        .get("/healthz", || async { "ok\n" })
+        .get("/readyz", readyz)
+        .get("/metrics", metrics)
 }
 
 async fn readyz(State(r): State<Readiness>) -> (StatusCode, String) {

@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     let drain = gateway.drain + gateway.unready_delay;
     // One accept path for ingest's gRPC and the HTTP formats on the gateway's port.
     let accept = kpi_ingest::Accept::new(bus.clone(), &ingest, shutdown.clone())?;
-    let ingest_routes = kpi_ingest::http::routes(accept.clone());
+    let ingest_routes = kpi_ingest::http::routes().with_state(accept.clone());
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn({
         let (bus, sd) = (bus.clone(), shutdown.clone());
