@@ -80,19 +80,30 @@ async fn a_client_stuck_past_the_timeout_is_closed_4008() {
     let mut stuck = tight_ws(&gw, "/ws/kpi/active_users").await;
     let mut healthy = gw.ws("/ws/kpi/active_users").await;
     assert_eq!(recv(&mut stuck).await["seq"], 0);
-    // Updates flow for 3 s while the stuck client reads nothing: far more than
-    // the kernel's socket buffers hold, so its writer blocks and its queue
-    // stays full past the 1 s stuck timeout.
+    // Updates flow while the stuck client reads nothing, until the gateway
+    // has closed it (or 30 s pass): far more than the kernel's socket buffers
+    // hold, so its writer blocks and its queue stays full past the 1 s stuck
+    // timeout. Publishing until then, not for a fixed time, keeps this true
+    // on a loaded machine where publishing is slow.
     let bus = gw.bus.clone();
+    let metrics_url = gw.url("/metrics");
     let publisher = tokio::spawn(async move {
         let t = topic("active_users", Period::Minute);
-        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut check = tokio::time::Instant::now();
         let mut seq = 0;
         while tokio::time::Instant::now() < until {
             seq += 1;
             publish(&bus, &t, seq).await;
             if seq % 64 == 0 {
                 tokio::task::yield_now().await;
+            }
+            if check.elapsed() >= Duration::from_millis(250) {
+                check = tokio::time::Instant::now();
+                let page = kpi_test_support::http_get(&metrics_url).await.1;
+                if metric(&page, "kpi_gateway_slow_consumers_closed_total") >= 1.0 {
+                    break;
+                }
             }
         }
         seq
