@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::targets::{free_port, sibling, spawn, wait_http_ok};
+use crate::processes::{free_port, sibling, spawn, wait_http_ok};
 
 /// The demo's KPI codes (`kpi-stack --demo`).
 const DEMO_CODES: [&str; 10] = [
