@@ -3,7 +3,9 @@
 //! One run measures one target (`kpistream`, `plain`, `nats-ws`) or all three
 //! with the same load (`compare`), so every figure has a baseline taken on
 //! the same machine at the same time. `dashboard` measures what one 20-KPI
-//! dashboard receives per hour under each cadence and encoding. Clients live in worker child processes
+//! dashboard receives per hour under each cadence and encoding. `capacity`
+//! steps the event rate through ingest and the aggregator until they fall
+//! behind, beside raw JetStream climbing the same steps. Clients live in worker child processes
 //! (`clients`), because one process may open at most 20,000 files here; the
 //! plain baseline server is a child process too (`serve-plain`), so its CPU is
 //! measured the way the gateway's is. Every run is bounded in connections and

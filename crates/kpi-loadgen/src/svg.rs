@@ -113,6 +113,18 @@ fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_x: bo
             r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
             pts.join(" ")
         );
+        // A few measured points (a rate ladder) are marked, so a straight
+        // segment between two of them is not read as measured in between.
+        if series.points.len() <= 20 {
+            for (x, y) in &series.points {
+                let _ = writeln!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
+                    px(*x),
+                    py(*y)
+                );
+            }
+        }
         let ly = TOP + 10.0 + i as f64 * 18.0;
         let lx = LEFT + pw + 12.0;
         let _ = writeln!(
