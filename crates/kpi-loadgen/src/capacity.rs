@@ -80,10 +80,12 @@ pub struct CapacityArgs {
     /// `Publish` calls outstanding at once (ingest allows 64 per connection).
     #[arg(long, default_value_t = 16)]
     pub in_flight: usize,
-    /// Raw JetStream publishes whose acks may be outstanding at once
-    /// (ingest's --max-in-flight per call is 1024).
-    #[arg(long, default_value_t = 1024)]
-    pub raw_window: usize,
+    /// Raw JetStream publishes whose acks may be outstanding at once;
+    /// default --batch x --in-flight, the most events the pipeline's
+    /// publisher can have in ingest's hands (each call stores them all at
+    /// once, up to ingest's --max-in-flight of 1024).
+    #[arg(long)]
+    pub raw_window: Option<usize>,
     /// KPIs whose minute updates the loadgen subscribes to for the lag.
     #[arg(long, default_value_t = 100)]
     pub watch: usize,
@@ -96,6 +98,12 @@ pub struct CapacityArgs {
 }
 
 impl CapacityArgs {
+    fn raw_window(&self) -> usize {
+        self.raw_window
+            .unwrap_or(self.batch.min(1024) * self.in_flight)
+            .max(1)
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.kpis > 0, "--kpis must be at least 1");
         anyhow::ensure!(
@@ -148,7 +156,7 @@ pub async fn run(a: CapacityArgs) -> anyhow::Result<()> {
     let mut raw = if a.no_raw {
         None
     } else {
-        Some(Raw::start(codes.clone(), layouts[0].0, a.raw_window).await?)
+        Some(Raw::start(codes.clone(), layouts[0].0, a.raw_window()).await?)
     };
     let mut raw_ladder = Ladder::new(a.steps.clone(), a.refine);
     let mut rows: Vec<StepRow> = Vec::new();
@@ -285,7 +293,7 @@ fn write_out(
             "min_achieved": a.min_achieved,
             "batch": a.batch,
             "in_flight": a.in_flight,
-            "raw_window": a.raw_window,
+            "raw_window": a.raw_window(),
             "watched_kpis": a.watch.min(a.kpis),
             "nats_server": crate::nats_ws::version(),
             "lag": "kpistream: event time to its KPI's minute update arriving on NATS (event -> render); raw: event time to arrival at the ordered consumer",
