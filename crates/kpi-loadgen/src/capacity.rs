@@ -183,13 +183,13 @@ pub async fn run(a: CapacityArgs) -> anyhow::Result<()> {
                     )
                     .await;
                     ladder.record(rate, row.sustained);
-                    settle(&row).await;
+                    settle(&mut pipe, &row, &limits).await;
                     rows.push(row);
                 }
                 if let (Some(rate), Some(r)) = (next_raw, raw.as_mut()) {
                     let row = measure(r, "raw", (partitions, 0), rate, &a, &limits).await;
                     raw_ladder.record(rate, row.sustained);
-                    settle(&row).await;
+                    settle(r, &row, &limits).await;
                     rows.push(row);
                 }
             }
@@ -256,15 +256,20 @@ async fn measure(
     row
 }
 
-/// A step that fell behind leaves a backlog; the next step waits about as
-/// long as the oldest lag it saw (at most 30 s) so it does not inherit it.
-async fn settle(row: &StepRow) {
-    let secs = if row.sustained {
-        1.0
-    } else {
-        (row.lag_ms.max / 1000.0).clamp(2.0, 30.0)
-    };
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+/// After a step that fell behind, waits (at most a minute) until its backlog
+/// is worked off; after one that kept up, a second's pause.
+async fn settle(load: &mut dyn Load, row: &StepRow, limits: &Limits) {
+    if row.sustained {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return;
+    }
+    let max_lag = Duration::from_secs_f64(limits.max_p99_ms / 1000.0);
+    if !step::drain(load, max_lag, Duration::from_secs(60)).await {
+        eprintln!(
+            "kpi-loadgen: capacity: {} still behind a minute after {:.0}/s; the next step inherits its backlog",
+            row.target, row.offered_per_sec
+        );
+    }
 }
 
 fn write_out(

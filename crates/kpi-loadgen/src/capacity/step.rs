@@ -61,32 +61,60 @@ impl Counters {
 /// Lag samples in microseconds, kept only while a window is open.
 #[derive(Default)]
 pub struct Lag {
-    window: Mutex<Option<Histogram<u64>>>,
+    window: Mutex<Option<LagWindow>>,
+    /// The latest sample, in or out of a window, and when it came (µs since
+    /// the epoch): what [`drain`] watches.
+    latest_us: AtomicU64,
+    latest_at: AtomicU64,
+}
+
+struct LagWindow {
+    opened: Instant,
+    hist: Histogram<u64>,
+    /// The worst lag seen in each second of the window: shows whether a
+    /// high p99 is a steady climb (falling behind) or periodic stalls.
+    max_by_second: Vec<u64>,
 }
 
 impl Lag {
     /// Records `event_micros` (an event's time, µs since the epoch) against now.
     pub fn record_since(&self, event_micros: i64) {
-        let lag = (crate::clients::now_micros() - event_micros).max(1);
+        let lag = u64::try_from(crate::clients::now_micros() - event_micros)
+            .unwrap_or(0)
+            .max(1);
+        self.latest_us.store(lag, Ordering::Relaxed);
+        self.latest_at.store(
+            u64::try_from(crate::clients::now_micros()).unwrap_or(0),
+            Ordering::Relaxed,
+        );
         if let Ok(mut w) = self.window.lock() {
-            if let Some(h) = w.as_mut() {
-                h.saturating_record(u64::try_from(lag).unwrap_or(1));
+            if let Some(w) = w.as_mut() {
+                w.hist.saturating_record(lag);
+                let sec = w.opened.elapsed().as_secs() as usize;
+                if w.max_by_second.len() <= sec {
+                    w.max_by_second.resize(sec + 1, 0);
+                }
+                w.max_by_second[sec] = w.max_by_second[sec].max(lag);
             }
         }
     }
 
     fn open(&self) {
         if let Ok(mut w) = self.window.lock() {
-            *w = Some(new_hist());
+            *w = Some(LagWindow {
+                opened: Instant::now(),
+                hist: new_hist(),
+                max_by_second: Vec::new(),
+            });
         }
     }
 
-    fn close(&self) -> Histogram<u64> {
+    fn close(&self) -> (Histogram<u64>, Vec<u64>) {
         self.window
             .lock()
             .ok()
             .and_then(|mut w| w.take())
-            .unwrap_or_else(new_hist)
+            .map_or_else(|| (new_hist(), Vec::new()), |w| (w.hist, w.max_by_second))
     }
 }
 
@@ -156,9 +184,14 @@ pub struct Measured {
     pub failed: u64,
     pub read: u64,
     pub lag: Percentiles,
+    /// The worst lag of each second of the window, ms.
+    pub lag_max_ms_by_second: Vec<f64>,
     pub cpu_secs_by_process: BTreeMap<String, f64>,
     pub counted_cpu_secs: f64,
     pub loadgen_cpu_secs: f64,
+    /// CPU the rest of the machine used in the window (other builds and
+    /// benchmarks on this shared box): what the step competed with.
+    pub other_cpu_secs: f64,
     /// The machine's 1-minute load average at the end of the window.
     pub loadavg: f64,
 }
@@ -171,18 +204,21 @@ pub async fn run(load: &mut dyn Load, rate: f64, warmup: Duration, secs: Duratio
     let mut procs = load.processes();
     procs.push((std::process::id(), "kpi-loadgen".to_string()));
     let cpu0 = procstat::cpu_each(&procs);
+    let busy0 = procstat::machine_busy_secs().unwrap_or(f64::NAN);
     let c0 = load.counters().snapshot();
     load.lag().open();
     let started = Instant::now();
     tokio::time::sleep(secs).await;
     let c1 = load.counters().snapshot();
-    let lag = load.lag().close();
+    let (lag, max_by_second) = load.lag().close();
     let cpu1 = procstat::cpu_each(&procs);
+    let busy1 = procstat::machine_busy_secs().unwrap_or(f64::NAN);
     let window_secs = started.elapsed().as_secs_f64();
     // The publisher stops at `until`; what it still awaits is outside the window.
     let _ = tokio::time::timeout(Duration::from_secs(30), publisher).await;
     let by_name = procstat::cpu_by_name(&cpu0, &cpu1);
     let counted = load.counted();
+    let ours: f64 = by_name.values().sum();
     Measured {
         offered: rate,
         window_secs,
@@ -192,15 +228,39 @@ pub async fn run(load: &mut dyn Load, rate: f64, warmup: Duration, secs: Duratio
         failed: c1.failed - c0.failed,
         read: c1.read - c0.read,
         lag: Percentiles::of(&lag),
+        lag_max_ms_by_second: max_by_second.iter().map(|us| *us as f64 / 1000.0).collect(),
         counted_cpu_secs: by_name
             .iter()
             .filter(|(n, _)| counted.contains(&n.as_str()))
             .map(|(_, s)| s)
             .sum(),
         loadgen_cpu_secs: by_name.get("kpi-loadgen").copied().unwrap_or(f64::NAN),
+        other_cpu_secs: (busy1 - busy0 - ours).max(0.0),
         cpu_secs_by_process: by_name,
         loadavg: loadavg(),
     }
+}
+
+/// Waits until what a failed step left queued is worked off, so the next
+/// step does not inherit it: a trickle of fresh events (200/s) goes in behind
+/// the backlog until one comes out with a lag under `max_lag`. Gives up after
+/// `limit` and says so; the next step's figures then carry the backlog.
+pub async fn drain(load: &mut dyn Load, max_lag: Duration, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let probe_start = crate::clients::now_micros();
+        let probe = load.spawn_publisher(200.0, Instant::now() + Duration::from_secs(1));
+        let _ = tokio::time::timeout(Duration::from_secs(30), probe).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let lag = load.lag();
+        let fresh =
+            i64::try_from(lag.latest_at.load(Ordering::Relaxed)).is_ok_and(|at| at > probe_start);
+        let latest = Duration::from_micros(lag.latest_us.load(Ordering::Relaxed));
+        if fresh && latest < max_lag {
+            return true;
+        }
+    }
+    false
 }
 
 /// The 1-minute load average, NaN where /proc/loadavg cannot be read.
