@@ -89,6 +89,9 @@ pub struct CapacityArgs {
     /// KPIs whose minute updates the loadgen subscribes to for the lag.
     #[arg(long, default_value_t = 100)]
     pub watch: usize,
+    /// Longest wait after a failed step for its backlog to be worked off.
+    #[arg(long, default_value_t = 60)]
+    pub drain_secs: u64,
     /// Skip the raw JetStream baseline (a scaling-only run).
     #[arg(long)]
     pub no_raw: bool,
@@ -183,13 +186,13 @@ pub async fn run(a: CapacityArgs) -> anyhow::Result<()> {
                     )
                     .await;
                     ladder.record(rate, row.sustained);
-                    settle(&mut pipe, &row, &limits).await;
+                    settle(&mut pipe, &row, &limits, Duration::from_secs(a.drain_secs)).await;
                     rows.push(row);
                 }
                 if let (Some(rate), Some(r)) = (next_raw, raw.as_mut()) {
                     let row = measure(r, "raw", (partitions, 0), rate, &a, &limits).await;
                     raw_ladder.record(rate, row.sustained);
-                    settle(r, &row, &limits).await;
+                    settle(r, &row, &limits, Duration::from_secs(a.drain_secs)).await;
                     rows.push(row);
                 }
             }
@@ -256,18 +259,20 @@ async fn measure(
     row
 }
 
-/// After a step that fell behind, waits (at most a minute) until its backlog
+/// After a step that fell behind, waits (at most `drain`) until its backlog
 /// is worked off; after one that kept up, a second's pause.
-async fn settle(load: &mut dyn Load, row: &StepRow, limits: &Limits) {
+async fn settle(load: &mut dyn Load, row: &StepRow, limits: &Limits, drain: Duration) {
     if row.sustained {
         tokio::time::sleep(Duration::from_secs(1)).await;
         return;
     }
     let max_lag = Duration::from_secs_f64(limits.max_p99_ms / 1000.0);
-    if !step::drain(load, max_lag, Duration::from_secs(60)).await {
+    if !step::drain(load, max_lag, drain).await {
         eprintln!(
-            "kpi-loadgen: capacity: {} still behind a minute after {:.0}/s; the next step inherits its backlog",
-            row.target, row.offered_per_sec
+            "kpi-loadgen: capacity: {} still behind {} s after {:.0}/s; the next step inherits its backlog",
+            row.target,
+            drain.as_secs(),
+            row.offered_per_sec
         );
     }
 }

@@ -17,7 +17,7 @@ fn capacity_reports_kpistream_and_raw_rows() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kpi-loadgen"))
         .args(["capacity", "--steps", "50,100", "--refine", "0"])
         .args(["--step-secs", "1", "--warmup-secs", "1"])
-        .args(["--kpis", "5", "--partitions", "2"])
+        .args(["--kpis", "5", "--partitions", "2", "--drain-secs", "5"])
         .arg("--out")
         .arg(out.path())
         .stdout(Stdio::null())
