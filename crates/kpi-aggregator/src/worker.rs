@@ -59,6 +59,9 @@ pub struct Worker {
     /// awaited; nothing new is rendered and no checkpoint is taken until it
     /// is done, so at most one render is ever unacknowledged.
     in_flight: Option<Publishing>,
+    /// A tick came while a render was in flight: render as soon as it is
+    /// acknowledged instead of a whole interval later.
+    render_wanted: bool,
 }
 
 impl Worker {
@@ -111,6 +114,7 @@ impl Worker {
             publish_failures: 0,
             unsent: Vec::new(),
             in_flight: None,
+            render_wanted: false,
         })
     }
 
@@ -151,7 +155,7 @@ impl Worker {
                         if self.checkpoint_due() {
                             self.maybe_checkpoint(false).await;
                         }
-                        if self.settings.coalesce.is_zero() && self.caught_up {
+                        if (self.settings.coalesce.is_zero() || self.render_wanted) && self.caught_up {
                             self.start_publish().await;
                         }
                     },
@@ -165,6 +169,7 @@ impl Worker {
                         self.maybe_checkpoint(false).await;
                         // A due checkpoint goes first: it is taken when the
                         // render in flight is acknowledged.
+                        self.render_wanted = self.caught_up;
                         let hold = self.checkpoint_due() && self.in_flight.is_some();
                         if self.caught_up && !hold {
                             self.start_publish().await;
@@ -313,6 +318,7 @@ impl Worker {
                 }
             }
         }
+        self.render_wanted = false;
         if self.unsent.is_empty() {
             let out = self.state.render(now, &self.settings.thresholds);
             self.unsent.extend(out.into_iter().map(outbound));
