@@ -57,3 +57,10 @@ done
 # Micro-benchmarks of the hot paths.
 cargo bench -p kpi-aggregator --bench apply
 cargo bench -p kpi-gateway --bench fanout
+
+# Pipeline capacity (issue 17): the event rate stepped up through ingest and
+# the aggregator until they fall behind, beside raw JetStream climbing the
+# same steps; the first layout (4 partitions, 1 aggregator) is the headline,
+# the others make the scaling table. About 15 minutes.
+$LG capacity --partitions 4,1,2,8 --aggregators 1,2 --step-secs 10 \
+    --out "$OUT/j-capacity" > /dev/null

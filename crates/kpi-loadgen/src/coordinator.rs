@@ -295,22 +295,7 @@ pub async fn run_one(load: &LoadArgs, target: Target) -> anyhow::Result<()> {
 }
 
 fn print_logs(dir: &std::path::Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if let Ok(text) = std::fs::read_to_string(e.path()) {
-                let tail: String = text
-                    .lines()
-                    .rev()
-                    .take(20)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                eprintln!("--- {} ---\n{tail}", e.path().display());
-            }
-        }
-    }
+    eprintln!("{}", crate::processes::log_tails(dir));
 }
 
 pub fn summary_line(r: &RunReport) -> String {
@@ -373,7 +358,7 @@ pub async fn compare(a: &CompareArgs) -> anyhow::Result<()> {
         let load = &load;
         let target = match which {
             "kpistream" => targets::kpistream(load, &a.stack).await?,
-            "plain" => targets::plain(load).await?,
+            "plain" => targets::plain(run_bound_secs(load)).await?,
             _ => targets::nats_ws(load).await?,
         };
         let result = measure(load, &target).await;

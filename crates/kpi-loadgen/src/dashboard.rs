@@ -2,8 +2,9 @@
 //!
 //! One `kpi-stack --demo` publishes its ten KPIs at the demo's rate; six
 //! dashboards connect to it at the same time, one per variant (`live`, `5s`,
-//! `close` x `full`, `delta`), each subscribing to the ten demo KPIs for the
-//! minute and the hour period (20 subscriptions). All six count the same
+//! `close` x `full`, `delta`), each subscribing to every KPI the stack lists
+//! at `/api/kpis` (the demo's ten) for the minute and the hour period (20
+//! subscriptions), as the dashboard page does. All six count the same
 //! window, so every variant is measured against the same published events
 //! and `live`/`full` is the baseline taken in the same run. `close` sends one
 //! message per minute boundary per minute-period KPI, so its figure is only
@@ -11,6 +12,7 @@
 //! boundaries the window held, and the default window is two minutes.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,21 +22,8 @@ use serde::Serialize;
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::targets::{free_port, sibling, spawn, wait_http_ok};
+use crate::processes::{free_port, sibling, spawn, wait_http_ok};
 
-/// The demo's KPI codes (`kpi-stack --demo`).
-const DEMO_CODES: [&str; 10] = [
-    "perfect_order_fulfillment",
-    "pending_approvals",
-    "orders_per_minute",
-    "revenue_eur",
-    "cart_abandonment_rate",
-    "avg_ticket_resolution_min",
-    "active_users",
-    "failed_payments",
-    "inventory_turnover",
-    "on_time_delivery_rate",
-];
 const PERIODS: [&str; 2] = ["minute", "hour"];
 const CADENCES: [&str; 3] = ["live", "5s", "close"];
 const ENCODINGS: [&str; 2] = ["full", "delta"];
@@ -103,6 +92,7 @@ fn frame_bytes(len: usize) -> u64 {
 /// One dashboard: subscribes, then counts what arrives between `start` and `end`.
 async fn dashboard(
     url: String,
+    codes: Arc<Vec<String>>,
     cadence: &'static str,
     encoding: &'static str,
     start: Instant,
@@ -111,7 +101,7 @@ async fn dashboard(
     let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
         .with_context(|| format!("connecting {url}"))?;
-    for kpi in DEMO_CODES {
+    for kpi in codes.iter() {
         for period in PERIODS {
             let sub = serde_json::json!({"type": "subscribe", "kpi": kpi, "period": period,
                 "cadence": cadence, "encoding": encoding});
@@ -142,6 +132,39 @@ async fn dashboard(
     Ok(c)
 }
 
+/// The KPIs the stack lists at `/api/kpis` once the demo has published a
+/// round: read until two reads a round apart agree, because a code is
+/// listed only after its first update.
+async fn listed_kpis(http: u16, demo_rate: u32) -> anyhow::Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct List {
+        kpis: Vec<String>,
+    }
+    let url = format!("http://127.0.0.1:{http}/api/kpis");
+    let round = Duration::from_secs_f64(1.0 / f64::from(demo_rate.max(1)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut previous: Vec<String> = Vec::new();
+    loop {
+        let list: List = reqwest::get(&url)
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("GET {url}"))?
+            .json()
+            .await
+            .with_context(|| format!("GET {url}: not a KPI list"))?;
+        if !list.kpis.is_empty() && list.kpis == previous {
+            return Ok(list.kpis);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{url} listed no stable set of KPIs within 30 s (last: {:?})",
+            list.kpis
+        );
+        previous = list.kpis;
+        tokio::time::sleep(round + Duration::from_millis(200)).await;
+    }
+}
+
 pub async fn run(a: DashboardArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.duration > 0, "--duration must be at least 1 s");
     let dir = tempfile::Builder::new().prefix("kpi-loadgen-").tempdir()?;
@@ -153,6 +176,7 @@ pub async fn run(a: DashboardArgs) -> anyhow::Result<()> {
         .env("RUST_LOG", "warn");
     let mut stack = spawn(dir.path(), "kpi-stack", cmd)?;
     wait_http_ok(http, "/readyz", Duration::from_secs(30)).await?;
+    let codes = Arc::new(listed_kpis(http, a.demo_rate).await?);
 
     let start = Instant::now() + Duration::from_secs(a.warmup);
     let end = start + Duration::from_secs(a.duration);
@@ -165,7 +189,7 @@ pub async fn run(a: DashboardArgs) -> anyhow::Result<()> {
             tasks.push((
                 cadence,
                 encoding,
-                tokio::spawn(dashboard(url, cadence, encoding, start, end)),
+                tokio::spawn(dashboard(url, codes.clone(), cadence, encoding, start, end)),
             ));
         }
     }
@@ -200,10 +224,12 @@ pub async fn run(a: DashboardArgs) -> anyhow::Result<()> {
         .collect();
     let report = DashboardReport {
         setup: format!(
-            "kpi-stack --demo --demo-rate {} (10 KPIs x {} events/s), default coalescing; one /ws dashboard per variant, 10 KPIs x minute+hour",
-            a.demo_rate, a.demo_rate
+            "kpi-stack --demo --demo-rate {} ({n} KPIs listed at /api/kpis x {} events/s), default coalescing; one /ws dashboard per variant, {n} KPIs x minute+hour",
+            a.demo_rate,
+            a.demo_rate,
+            n = codes.len()
         ),
-        subscriptions: DEMO_CODES.len() * PERIODS.len(),
+        subscriptions: codes.len() * PERIODS.len(),
         window_secs: window,
         minute_boundaries,
         variants,

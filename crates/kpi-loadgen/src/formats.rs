@@ -15,8 +15,8 @@ use kpi_proto::v1::ingest_client::IngestClient;
 use kpi_proto::v1::{Event, Status};
 use serde::Serialize;
 
+use crate::processes::{pid, start_nats_and_ingest};
 use crate::procstat;
-use crate::targets::{pid, start_nats_and_ingest};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FormatArgs {

@@ -3,18 +3,22 @@
 //! One run measures one target (`kpistream`, `plain`, `nats-ws`) or all three
 //! with the same load (`compare`), so every figure has a baseline taken on
 //! the same machine at the same time. `dashboard` measures what one 20-KPI
-//! dashboard receives per hour under each cadence and encoding. Clients live in worker child processes
+//! dashboard receives per hour under each cadence and encoding. `capacity`
+//! steps the event rate through ingest and the aggregator until they fall
+//! behind, beside raw JetStream climbing the same steps. Clients live in worker child processes
 //! (`clients`), because one process may open at most 20,000 files here; the
 //! plain baseline server is a child process too (`serve-plain`), so its CPU is
 //! measured the way the gateway's is. Every run is bounded in connections and
 //! time and stops by itself.
 
+mod capacity;
 mod clients;
 mod coordinator;
 mod dashboard;
 mod formats;
 mod nats_ws;
 mod plain;
+mod processes;
 mod procstat;
 mod publish;
 mod report;
@@ -48,6 +52,8 @@ enum Cmd {
     Compare(CompareArgs),
     /// Bytes and messages per dashboard-hour: one 20-KPI `/ws` dashboard per cadence x encoding on `kpi-stack --demo`.
     Dashboard(dashboard::DashboardArgs),
+    /// Pipeline capacity: steps the event rate up until ingest + aggregator fall behind, beside raw JetStream.
+    Capacity(capacity::CapacityArgs),
     /// Ingest throughput per format (gRPC stream, JSON array, NDJSON, line protocol) in one run.
     IngestFormats(formats::FormatArgs),
     /// The plain baseline server (child process of `plain`).
@@ -169,7 +175,7 @@ fn main() -> anyhow::Result<()> {
                 coordinator::run_one(&a.load, target).await
             }
             Cmd::Plain(load) => {
-                let target = targets::plain(&load).await?;
+                let target = targets::plain(coordinator::run_bound_secs(&load)).await?;
                 coordinator::run_one(&load, target).await
             }
             Cmd::NatsWs(load) => {
@@ -178,6 +184,7 @@ fn main() -> anyhow::Result<()> {
             }
             Cmd::Compare(a) => coordinator::compare(&a).await,
             Cmd::Dashboard(a) => dashboard::run(a).await,
+            Cmd::Capacity(a) => capacity::run(a).await,
             Cmd::IngestFormats(a) => formats::run(a).await,
             Cmd::ServePlain(a) => plain::serve(a).await,
             Cmd::Clients(a) => clients::run(a).await,

@@ -11,7 +11,7 @@ pub fn websocket_block(port: u16) -> String {
 
 /// `nats-server --version`, for the report.
 pub fn version() -> String {
-    crate::targets::nats_server_bin()
+    crate::processes::nats_server_bin()
         .ok()
         .and_then(|bin| {
             std::process::Command::new(bin)

@@ -70,6 +70,25 @@ pub fn cpu_by_name(
     by_name
 }
 
+/// CPU seconds the whole machine has spent busy (user, nice, system, irq,
+/// softirq, steal) since boot, from the first line of /proc/stat.
+pub fn machine_busy_secs() -> anyhow::Result<f64> {
+    let raw = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = raw.lines().next().context("empty /proc/stat")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse::<f64>())
+        .collect::<Result<_, _>>()
+        .context("malformed /proc/stat")?;
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy: f64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|i| ticks.get(*i))
+        .sum();
+    Ok(busy / TICKS_PER_SEC)
+}
+
 pub fn total_rss(pids: &[u32]) -> anyhow::Result<u64> {
     pids.iter().map(|p| rss_bytes(*p)).sum()
 }
@@ -83,5 +102,6 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_secs(pid).is_ok_and(|c| c >= 0.0));
         assert!(rss_bytes(pid).is_ok_and(|r| r > 0));
+        assert!(machine_busy_secs().is_ok_and(|c| c >= cpu_secs(pid).unwrap_or(0.0)));
     }
 }

@@ -49,6 +49,28 @@ pub fn baseline_payload(code: &KpiCode, period: Period, seq: u64, value: f64) ->
     m.to_json()
 }
 
+/// A tag that keeps this run's event ids apart from any earlier run's, so
+/// JetStream's duplicate window never swallows them.
+pub fn run_tag() -> String {
+    format!("{:x}", crate::clients::now_micros())
+}
+
+/// Event `n` of run `run` for ingest, stamped with the current time: the
+/// moment it exists for the system under test, where latency starts.
+pub fn event(run: &str, n: u64, code: &KpiCode, value: f64) -> anyhow::Result<Event> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    Ok(Event {
+        event_id: format!("lg-{run}-{n}"),
+        kpi: code.as_str().to_string(),
+        value,
+        time: Some(prost_types::Timestamp {
+            seconds: i64::try_from(now.as_secs())?,
+            nanos: i32::try_from(now.subsec_nanos())?,
+        }),
+        labels: Default::default(),
+    })
+}
+
 /// Publishes until `stats.stop` is set. Runs on the coordinator's runtime.
 pub async fn run(publisher: Publisher, load: LoadArgs, stats: Arc<PubStats>) -> anyhow::Result<()> {
     let period = Period::parse(&load.period).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -121,8 +143,7 @@ impl Sink {
                         }
                     }
                 });
-                let run = format!("{:x}", crate::clients::now_micros());
-                Sink::Grpc(tx, run)
+                Sink::Grpc(tx, run_tag())
             }
             Publisher::Feed(url) => {
                 let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
@@ -148,18 +169,9 @@ impl Sink {
         let value = (n % 1000) as f64;
         match self {
             Sink::Grpc(tx, run) => {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-                let event = Event {
-                    event_id: format!("lg-{run}-{n}"),
-                    kpi: code.as_str().to_string(),
-                    value,
-                    time: Some(prost_types::Timestamp {
-                        seconds: now.as_secs() as i64,
-                        nanos: now.subsec_nanos() as i32,
-                    }),
-                    labels: Default::default(),
-                };
-                tx.send(event).await.context("PublishStream closed")?;
+                tx.send(event(run, n, code, value)?)
+                    .await
+                    .context("PublishStream closed")?;
             }
             Sink::Feed(ws) => {
                 let mut msg = format!("{}\n", code.as_str()).into_bytes();
