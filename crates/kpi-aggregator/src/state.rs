@@ -116,6 +116,9 @@ impl PartitionState {
             out.refused = true;
             return out;
         }
+        // One key buffer for the three periods; a topic's key is allocated
+        // only when it is new to `pending` or `topics`, not per event.
+        let mut k = String::with_capacity(ev.kpi.as_str().len() + 8);
         for period in Period::ALL {
             let start = period.bucket_start_secs(ev.time);
             let deadline =
@@ -124,14 +127,18 @@ impl PartitionState {
                 out.late += 1;
                 continue;
             }
-            let k = key(&ev.kpi, period);
-            if !self.pending.contains(&k) {
+            k.clear();
+            push_key(&mut k, &ev.kpi, period);
+            if !self.pending.contains(k.as_str()) {
                 self.pending.insert(k.clone());
             }
-            let ts = self
-                .topics
-                .entry(k)
-                .or_insert_with(|| TopicState::new(ev.kpi.clone(), period));
+            if !self.topics.contains_key(k.as_str()) {
+                self.topics
+                    .insert(k.clone(), TopicState::new(ev.kpi.clone(), period));
+            }
+            let Some(ts) = self.topics.get_mut(k.as_str()) else {
+                continue;
+            };
             ts.buckets
                 .entry(start)
                 .or_default()
@@ -307,7 +314,16 @@ fn bucket_marks(now: DateTime<Utc>) -> [i64; 3] {
 }
 
 fn key(code: &kpi_core::KpiCode, period: Period) -> String {
-    format!("{code}/{period}")
+    let mut k = String::new();
+    push_key(&mut k, code, period);
+    k
+}
+
+/// `key` into a buffer the caller reuses.
+fn push_key(k: &mut String, code: &kpi_core::KpiCode, period: Period) {
+    k.push_str(code.as_str());
+    k.push('/');
+    k.push_str(period.as_str());
 }
 
 impl TopicState {
