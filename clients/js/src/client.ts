@@ -20,19 +20,12 @@ import type {
   TransportName,
 } from "./messages.js";
 import { cadenceRank, checkOptions, isValidTopic, type SubscribeOptions } from "./options.js";
-import { KpiHttpError } from "./poll.js";
+import { KpiHttpError } from "./http-error.js";
 import { Subscription, type MessageCallback, type MessageMeta } from "./subscription.js";
 import { claimsOf, refreshDelayMs } from "./token.js";
 import { isData, keyOf, type Topic } from "./topic.js";
-import {
-  TransportSelector,
-  createDriver,
-  type ConnectionState,
-  type Driver,
-  type DriverEnd,
-  type DriverOptions,
-  type LogEntry,
-} from "./transport.js";
+import type { ConnectionState, Driver, DriverEnd, DriverOptions, LogEntry } from "./driver.js";
+import { TransportSelector, createDriver } from "./transport.js";
 
 const LOG_MAX = 5000;
 /** Close code of a gateway that drains: another one is ready. */

@@ -17,8 +17,9 @@ export type { MessageCallback, MessageMeta } from "./subscription.js";
 export { isValidTopic, cadenceMs } from "./options.js";
 export type { SubscribeOptions } from "./options.js";
 export { applyMergePatch } from "./merge-patch.js";
-export { KpiHttpError } from "./poll.js";
-export type { ConnectionState, LogEntry, MessageSource } from "./transport.js";
+export { KpiHttpError } from "./http-error.js";
+export type { ConnectionState, LogEntry } from "./driver.js";
+export type { MessageSource } from "./subscription.js";
 export type {
   Environment,
   EventSourceFactory,

@@ -4,22 +4,11 @@ import { backoffDelay } from "./backoff.js";
 import type { PollBody } from "./messages.js";
 import { cadenceMs } from "./options.js";
 import { sinceOf, type Topic } from "./topic.js";
-import type { Driver, DriverHost } from "./transport.js";
+import type { Driver, DriverHost } from "./driver.js";
+import { KpiHttpError } from "./http-error.js";
 
 /** Extra time a long poll gets over its `wait` before it counts as failed. */
 const POLL_GRACE_SECS = 10;
-
-/** An HTTP error of the gateway: its status and JSON body. */
-export class KpiHttpError extends Error {
-  constructor(
-    message: string,
-    readonly status: number,
-    readonly body: unknown,
-  ) {
-    super(message);
-    this.name = "KpiHttpError";
-  }
-}
 
 /** Told by a poller whether its polls succeed; null for a helper (SSE's), whose owner judges by its streams. */
 export interface PollOwner {

@@ -15,7 +15,7 @@ import { KpiStream, type KpiStreamOptions } from "./client.js";
 import type { Cadence, DataMessage, Encoding, Period } from "./messages.js";
 import { checkOptions } from "./options.js";
 import type { MessageMeta, Subscription } from "./subscription.js";
-import type { ConnectionState } from "./transport.js";
+import type { ConnectionState } from "./driver.js";
 
 /** What `useKpi` returns; a new object only when something in it changed. */
 export interface KpiState {

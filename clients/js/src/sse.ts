@@ -8,7 +8,7 @@ import type { EventSourceLike, TimerId } from "./env.js";
 import type { ServerMessage } from "./messages.js";
 import { Poller } from "./poll.js";
 import { modeParams, sinceOf, type Topic } from "./topic.js";
-import type { Driver, DriverHost } from "./transport.js";
+import type { Driver, DriverHost } from "./driver.js";
 
 interface Stream {
   es: EventSourceLike;

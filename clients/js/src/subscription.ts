@@ -1,9 +1,31 @@
 /** A handle on one subscription; several handles may share a kpi+period (a topic). */
 
-import type { Cadence, DataMessage, Encoding, Period } from "./messages.js";
+import type { Cadence, DataMessage, Encoding, Period, TransportName } from "./messages.js";
 import { checkOptions, isPeriod, type SubscribeOptions } from "./options.js";
-import type { Topic } from "./topic.js";
-import type { MessageSource } from "./transport.js";
+
+/** Where a delivered message came from. */
+export type MessageSource = TransportName | "cache" | "memory";
+
+/**
+ * A topic: one KPI and period as the client holds it, shared by every handle
+ * that watches it, with the last message seen and how it resumes. (Beside
+ * the handle because each refers to the other.)
+ */
+export interface Topic {
+  readonly kpi: string;
+  readonly period: Period;
+  readonly key: string;
+  /** The newest message applied (or read from the cache). */
+  last: DataMessage | null;
+  /** `last` came from the cache and no gateway has vouched for it in this session. */
+  fromCache: boolean;
+  /** The gateway acknowledged this topic on the current connection. */
+  confirmed: boolean;
+  readonly subs: Set<Subscription>;
+  /** The wire mode: the most frequent cadence of its handles, delta only when all ask for it. */
+  cadence: Cadence;
+  encoding: Encoding;
+}
 
 /** How a delivered message reached the callback. */
 export interface MessageMeta {

@@ -3,24 +3,10 @@
  * that watches it, with the last message seen and how it resumes.
  */
 
-import type { Cadence, DataMessage, Encoding, Period } from "./messages.js";
-import type { Subscription } from "./subscription.js";
+import type { Cadence, DataMessage } from "./messages.js";
+import type { Topic } from "./subscription.js";
 
-export interface Topic {
-  readonly kpi: string;
-  readonly period: Period;
-  readonly key: string;
-  /** The newest message applied (or read from the cache). */
-  last: DataMessage | null;
-  /** `last` came from the cache and no gateway has vouched for it in this session. */
-  fromCache: boolean;
-  /** The gateway acknowledged this topic on the current connection. */
-  confirmed: boolean;
-  readonly subs: Set<Subscription>;
-  /** The wire mode: the most frequent cadence of its handles, delta only when all ask for it. */
-  cadence: Cadence;
-  encoding: Encoding;
-}
+export type { Topic };
 
 export const keyOf = (kpi: string, period: string): string => `${kpi}\u0000${period}`;
 

@@ -3,7 +3,7 @@
 import type { TimerId, WebSocketLike } from "./env.js";
 import type { ClientMessage, ServerMessage } from "./messages.js";
 import { modeParams, sinceOf, type Topic } from "./topic.js";
-import type { Driver, DriverHost } from "./transport.js";
+import type { Driver, DriverHost } from "./driver.js";
 
 /** WebSocket.OPEN */
 const OPEN = 1;

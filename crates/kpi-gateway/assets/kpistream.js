@@ -251,8 +251,7 @@ function checkOptions(options = {}) {
   return { cadence, encoding };
 }
 
-// clients/js/src/poll.ts
-var POLL_GRACE_SECS = 10;
+// clients/js/src/http-error.ts
 var KpiHttpError = class extends Error {
   constructor(message, status, body) {
     super(message);
@@ -263,6 +262,113 @@ var KpiHttpError = class extends Error {
   status;
   body;
 };
+
+// clients/js/src/subscription.ts
+var Subscription = class {
+  /** @internal Created by `KpiStream.subscribe`. */
+  constructor(client, kpi, period, onMessage, mode) {
+    this.client = client;
+    this.onMessage = onMessage;
+    this.kpi = kpi;
+    this.period = period;
+    this.cadence = mode.cadence;
+    this.encoding = mode.encoding;
+  }
+  client;
+  onMessage;
+  kpi;
+  period;
+  cadence;
+  encoding;
+  closed = false;
+  /** @internal */
+  _topic = null;
+  paused = false;
+  pending = null;
+  /** The last message delivered (or held while paused). */
+  get last() {
+    return this._topic?.last ?? null;
+  }
+  /** True while the gateway confirms this subscription on a live connection. */
+  get fresh() {
+    return this._topic !== null && this.client._isFresh(this._topic);
+  }
+  /** Moves this handle to another period: unsubscribe, then subscribe, same callback. */
+  switchPeriod(period) {
+    if (this.closed) throw new Error("subscription is closed");
+    if (!isPeriod(period)) throw new TypeError(`invalid period: ${String(period)}`);
+    if (period === this.period) return this;
+    this.client._detach(this);
+    this.period = period;
+    this.pending = null;
+    this.client._attach(this);
+    return this;
+  }
+  /** Changes this handle's cadence and/or encoding (a resubscription when the wire mode changes). */
+  setOptions(options = {}) {
+    if (this.closed) throw new Error("subscription is closed");
+    const o = checkOptions({ cadence: this.cadence, encoding: this.encoding, ...options });
+    this.cadence = o.cadence;
+    this.encoding = o.encoding;
+    if (this._topic) this.client._modeChanged(this._topic);
+    return this;
+  }
+  unsubscribe() {
+    if (this.closed) return;
+    this.closed = true;
+    this.client._detach(this);
+  }
+  /** Holds deliveries to this handle (the newest is kept) until `resume()`. */
+  pause() {
+    this.paused = true;
+  }
+  resume() {
+    this.paused = false;
+    this._flushPending();
+  }
+  /** @internal */
+  _deliver(msg, meta) {
+    if (this.closed) return;
+    if (this.paused || this.client.paused) {
+      this.pending = [msg, meta];
+      return;
+    }
+    try {
+      this.onMessage(msg, meta);
+    } catch (e) {
+      this.client._reportError("kpistream subscriber failed", e);
+    }
+  }
+  /** @internal */
+  _flushPending() {
+    const p = this.pending;
+    this.pending = null;
+    if (p) this._deliver(p[0], p[1]);
+  }
+};
+
+// clients/js/src/token.ts
+function claimsOf(token) {
+  if (!token) return null;
+  try {
+    const part = token.split(".")[1];
+    if (part === void 0) return null;
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(b64 + "=".repeat((4 - b64.length % 4) % 4)));
+    return claims !== null && typeof claims === "object" ? claims : null;
+  } catch {
+    return null;
+  }
+}
+function refreshDelayMs(claims, now) {
+  const exp = claims?.exp;
+  if (typeof exp !== "number" || !Number.isFinite(exp)) return null;
+  const left = exp * 1e3 - now;
+  return Math.max(0, left - Math.min(6e4, left / 2));
+}
+
+// clients/js/src/poll.ts
+var POLL_GRACE_SECS = 10;
 var Poller = class {
   constructor(c, owner) {
     this.c = c;
@@ -375,110 +481,6 @@ var PollDriver = class {
     this.poller.close();
   }
 };
-
-// clients/js/src/subscription.ts
-var Subscription = class {
-  /** @internal Created by `KpiStream.subscribe`. */
-  constructor(client, kpi, period, onMessage, mode) {
-    this.client = client;
-    this.onMessage = onMessage;
-    this.kpi = kpi;
-    this.period = period;
-    this.cadence = mode.cadence;
-    this.encoding = mode.encoding;
-  }
-  client;
-  onMessage;
-  kpi;
-  period;
-  cadence;
-  encoding;
-  closed = false;
-  /** @internal */
-  _topic = null;
-  paused = false;
-  pending = null;
-  /** The last message delivered (or held while paused). */
-  get last() {
-    return this._topic?.last ?? null;
-  }
-  /** True while the gateway confirms this subscription on a live connection. */
-  get fresh() {
-    return this._topic !== null && this.client._isFresh(this._topic);
-  }
-  /** Moves this handle to another period: unsubscribe, then subscribe, same callback. */
-  switchPeriod(period) {
-    if (this.closed) throw new Error("subscription is closed");
-    if (!isPeriod(period)) throw new TypeError(`invalid period: ${String(period)}`);
-    if (period === this.period) return this;
-    this.client._detach(this);
-    this.period = period;
-    this.pending = null;
-    this.client._attach(this);
-    return this;
-  }
-  /** Changes this handle's cadence and/or encoding (a resubscription when the wire mode changes). */
-  setOptions(options = {}) {
-    if (this.closed) throw new Error("subscription is closed");
-    const o = checkOptions({ cadence: this.cadence, encoding: this.encoding, ...options });
-    this.cadence = o.cadence;
-    this.encoding = o.encoding;
-    if (this._topic) this.client._modeChanged(this._topic);
-    return this;
-  }
-  unsubscribe() {
-    if (this.closed) return;
-    this.closed = true;
-    this.client._detach(this);
-  }
-  /** Holds deliveries to this handle (the newest is kept) until `resume()`. */
-  pause() {
-    this.paused = true;
-  }
-  resume() {
-    this.paused = false;
-    this._flushPending();
-  }
-  /** @internal */
-  _deliver(msg, meta) {
-    if (this.closed) return;
-    if (this.paused || this.client.paused) {
-      this.pending = [msg, meta];
-      return;
-    }
-    try {
-      this.onMessage(msg, meta);
-    } catch (e) {
-      this.client._reportError("kpistream subscriber failed", e);
-    }
-  }
-  /** @internal */
-  _flushPending() {
-    const p = this.pending;
-    this.pending = null;
-    if (p) this._deliver(p[0], p[1]);
-  }
-};
-
-// clients/js/src/token.ts
-function claimsOf(token) {
-  if (!token) return null;
-  try {
-    const part = token.split(".")[1];
-    if (part === void 0) return null;
-    const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
-    const claims = JSON.parse(atob(b64 + "=".repeat((4 - b64.length % 4) % 4)));
-    return claims !== null && typeof claims === "object" ? claims : null;
-  } catch {
-    return null;
-  }
-}
-function refreshDelayMs(claims, now) {
-  const exp = claims?.exp;
-  if (typeof exp !== "number" || !Number.isFinite(exp)) return null;
-  const left = exp * 1e3 - now;
-  return Math.max(0, left - Math.min(6e4, left / 2));
-}
 
 // clients/js/src/sse.ts
 var SseDriver = class {
