@@ -9,6 +9,7 @@
 //! Everything listens on loopback, and every step, hence the run, ends by
 //! itself.
 
+mod chart;
 mod ladder;
 mod pipeline;
 mod raw;
@@ -337,7 +338,7 @@ fn write_out(
         )?;
         std::fs::write(
             out.join("capacity.svg"),
-            crate::svg::capacity_chart(rows, first, a.max_p99_ms),
+            chart::capacity_chart(rows, first, a.max_p99_ms),
         )?;
     }
     Ok(())

@@ -1,21 +1,20 @@
-//! Hand-written SVG plots: the latency histogram, deliveries over time, and capacity against offered rate.
+//! Hand-written SVG plots: the line chart every scenario draws with, the latency histogram and deliveries over time.
 
 use std::fmt::Write;
 
-use crate::capacity::StepRow;
 use crate::report::RunReport;
 
-const W: f64 = 720.0;
-const H: f64 = 380.0;
+pub(crate) const W: f64 = 720.0;
+pub(crate) const H: f64 = 380.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 150.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
 const COLORS: [&str; 4] = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"];
 
-struct Series {
-    name: String,
-    points: Vec<(f64, f64)>,
+pub(crate) struct Series {
+    pub(crate) name: String,
+    pub(crate) points: Vec<(f64, f64)>,
 }
 
 fn escape(s: &str) -> String {
@@ -25,7 +24,13 @@ fn escape(s: &str) -> String {
 }
 
 /// A line chart; `log_x` plots x on a base-10 log scale (x must be > 0).
-fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_x: bool) -> String {
+pub(crate) fn chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    log_x: bool,
+) -> String {
     let fx = |x: f64| if log_x { x.max(1e-9).log10() } else { x };
     let all = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, 0.0f64);
@@ -207,65 +212,5 @@ pub fn deliveries_chart(title: &str, reports: &[RunReport]) -> String {
         "deliveries per second",
         &series,
         false,
-    )
-}
-
-/// Stored rate and lag p99 against offered rate, for kpistream's headline
-/// layout and for raw JetStream: two charts stacked in one SVG. The p99
-/// axis is clipped at four times the limit, so a step that ran away does
-/// not flatten the others.
-pub fn capacity_chart(rows: &[StepRow], layout: (u32, u32), max_p99_ms: f64) -> String {
-    let clip = max_p99_ms * 4.0;
-    let pick = |target: &str, y: &dyn Fn(&StepRow) -> f64| -> Series {
-        let mut points: Vec<(f64, f64)> = rows
-            .iter()
-            .filter(|r| {
-                r.target == target && (target == "raw" || (r.partitions, r.aggregators) == layout)
-            })
-            .map(|r| (r.offered_per_sec, y(r)))
-            .collect();
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        Series {
-            name: target.to_string(),
-            points,
-        }
-    };
-    let top = rows.iter().map(|r| r.offered_per_sec).fold(0.0, f64::max);
-    let mut rate = vec![
-        pick("kpistream", &|r| r.stored_per_sec),
-        pick("raw", &|r| r.stored_per_sec),
-    ];
-    rate.push(Series {
-        name: "offered".into(),
-        points: vec![(0.0, 0.0), (top, top)],
-    });
-    let mut lag = vec![
-        pick("kpistream", &|r| r.lag_ms.p99.min(clip)),
-        pick("raw", &|r| r.lag_ms.p99.min(clip)),
-    ];
-    lag.push(Series {
-        name: format!("limit {max_p99_ms:.0} ms"),
-        points: vec![(0.0, max_p99_ms), (top, max_p99_ms)],
-    });
-    let (p, a) = layout;
-    let upper = chart(
-        &format!("stored events/s ({p} partitions, {a} aggregator(s); raw JetStream)"),
-        "offered events/s",
-        "stored events/s",
-        &rate,
-        false,
-    );
-    let lower = chart(
-        &format!("lag p99 (clipped at {clip:.0} ms)"),
-        "offered events/s",
-        "p99 ms: kpistream event -> render, raw event -> read back",
-        &lag,
-        false,
-    );
-    let lower = lower.replacen("<svg ", &format!("<svg y=\"{H}\" "), 1);
-    format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{}\" viewBox=\"0 0 {W} {}\">\n{upper}{lower}</svg>\n",
-        2.0 * H,
-        2.0 * H
     )
 }
