@@ -169,25 +169,52 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        match cli.cmd {
-            Cmd::Kpistream(a) => {
-                let target = targets::kpistream(&a.load, &a.stack).await?;
-                coordinator::run_one(&a.load, target).await
+        let work = async move {
+            match cli.cmd {
+                Cmd::Kpistream(a) => {
+                    let target = targets::kpistream(&a.load, &a.stack).await?;
+                    coordinator::run_one(&a.load, target).await
+                }
+                Cmd::Plain(load) => {
+                    let target = targets::plain(coordinator::run_bound_secs(&load)).await?;
+                    coordinator::run_one(&load, target).await
+                }
+                Cmd::NatsWs(load) => {
+                    let target = targets::nats_ws(&load).await?;
+                    coordinator::run_one(&load, target).await
+                }
+                Cmd::Compare(a) => coordinator::compare(&a).await,
+                Cmd::Dashboard(a) => dashboard::run(a).await,
+                Cmd::Capacity(a) => capacity::run(a).await,
+                Cmd::IngestFormats(a) => formats::run(a).await,
+                Cmd::ServePlain(a) => plain::serve(a).await,
+                Cmd::Clients(a) => clients::run(a).await,
             }
-            Cmd::Plain(load) => {
-                let target = targets::plain(coordinator::run_bound_secs(&load)).await?;
-                coordinator::run_one(&load, target).await
+        };
+        // Dropping `work` drops every child process handle, and each was
+        // spawned with `kill_on_drop`: a stopped run leaves no nats-server or
+        // service behind.
+        tokio::select! {
+            r = work => r,
+            signal = terminated() => {
+                anyhow::bail!("stopped by {signal}; its child processes were stopped too")
             }
-            Cmd::NatsWs(load) => {
-                let target = targets::nats_ws(&load).await?;
-                coordinator::run_one(&load, target).await
-            }
-            Cmd::Compare(a) => coordinator::compare(&a).await,
-            Cmd::Dashboard(a) => dashboard::run(a).await,
-            Cmd::Capacity(a) => capacity::run(a).await,
-            Cmd::IngestFormats(a) => formats::run(a).await,
-            Cmd::ServePlain(a) => plain::serve(a).await,
-            Cmd::Clients(a) => clients::run(a).await,
         }
     })
+}
+
+/// The first SIGTERM or SIGINT.
+async fn terminated() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without handlers the default action (exit) applies, as before.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
 }
