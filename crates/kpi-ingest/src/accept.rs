@@ -273,8 +273,18 @@ impl Accept {
         items: Vec<Result<Event, Outcome>>,
         publisher: Option<&Publisher>,
     ) -> Result<Vec<Outcome>, Refusal> {
+        self.take_rate(publisher, items.len())?;
+        self.publish_rated(items, publisher).await
+    }
+
+    /// [`Accept::publish`] for a caller that has taken the rate already (a
+    /// stream takes it as it reads, before it reads more).
+    pub async fn publish_rated(
+        &self,
+        items: Vec<Result<Event, Outcome>>,
+        publisher: Option<&Publisher>,
+    ) -> Result<Vec<Outcome>, Refusal> {
         let total = items.len();
-        self.take_rate(publisher, total)?;
         if total > self.inner.max_batch {
             return Err(Refusal::TooMany {
                 got: total,
@@ -331,14 +341,6 @@ impl Accept {
             outcomes.extend(self.publish(chunk, publisher).await?);
         }
         Ok(outcomes)
-    }
-
-    /// One event of a stream (the caller has taken the rate already).
-    pub async fn publish_one(&self, ev: Event, publisher: Option<&Publisher>) -> Outcome {
-        match self.check(ev, Utc::now(), publisher) {
-            Ok(record) => self.store(record).await,
-            Err(refused) => refused,
-        }
     }
 
     fn check(

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
 use kpi_proto::v1::ingest_server::Ingest;
 use kpi_proto::v1::{
     Event, EventResult, PublishAck, PublishRequest, PublishResponse, Status as EventStatus,
@@ -145,6 +146,9 @@ impl Ingest for IngestService {
 
 /// Reads a PublishStream and answers every event in order.
 ///
+/// Events that have already arrived when one is read are stored together,
+/// in one accept call (so one stored message per partition rather than one
+/// per event); a lone event is stored at once, so batching adds no wait.
 /// Up to `max_in_flight` events are being stored at once; with that many
 /// outstanding, or with the client not reading its acks, nothing more is read,
 /// so HTTP/2 flow control pushes back on the publisher. On shutdown it stops
@@ -157,6 +161,7 @@ async fn ack_stream(
     publisher: Option<Publisher>,
 ) {
     let mut pending = FuturesOrdered::new();
+    let mut in_flight = 0usize;
     let mut next_index: u64 = 0;
     let mut reading = true;
     let mut ending: Option<Status> = None;
@@ -164,14 +169,26 @@ async fn ack_stream(
         if !reading && pending.is_empty() {
             break;
         }
-        let room = pending.len() < accept.max_in_flight();
+        let room = accept.max_in_flight().saturating_sub(in_flight);
         tokio::select! {
-            // Acks first: each one frees room for another event.
+            // Acks first: each one frees room for more events.
             biased;
-            Some(ack) = pending.next(), if !pending.is_empty() => {
-                if tx.send(Ok(ack)).await.is_err() {
-                    // The client went away; it resends what it did not see acked.
-                    return;
+            Some((count, acks)) = pending.next(), if !pending.is_empty() => {
+                in_flight -= count;
+                match acks {
+                    Ok(acks) => {
+                        for ack in acks {
+                            if tx.send(Ok(ack)).await.is_err() {
+                                // The client went away; it resends what it did not see acked.
+                                return;
+                            }
+                        }
+                    }
+                    // Not stored: no acks; the publisher resends them.
+                    Err(status) => {
+                        reading = false;
+                        ending.get_or_insert(status);
+                    }
                 }
             }
             () = accept.shutdown().recv(), if reading => {
@@ -180,24 +197,71 @@ async fn ack_stream(
                     "server is draining; events after the last ack were not read, reconnect and send them again",
                 ));
             }
-            msg = input.message(), if reading && room => match msg {
-                Ok(Some(ev)) => match accept.take_rate(publisher.as_ref(), 1) {
-                    // Acks go out for what was read; the publisher backs off
+            msg = input.message(), if reading && room > 0 => match msg {
+                Ok(Some(ev)) => {
+                    let mut batch = vec![ev];
+                    let most = room.min(accept.max_batch()).max(1);
+                    // Only what is already here: polling once never waits.
+                    while batch.len() < most {
+                        match input.message().now_or_never() {
+                            Some(Ok(Some(ev))) => batch.push(ev),
+                            Some(Ok(None)) => {
+                                reading = false;
+                                break;
+                            }
+                            Some(Err(status)) => {
+                                tracing::debug!(%status, "publish stream ended by an error");
+                                reading = false;
+                                ending = Some(status);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    // Taken per event, as if read one by one: a batch must
+                    // not borrow against the budget the way a Publish call
+                    // may. Past it, what it still allowed is stored and
+                    // acked, then the stream ends; the publisher backs off
                     // and resends the rest.
-                    Err(r) => {
+                    let mut refused = None;
+                    let allowed = batch
+                        .iter()
+                        .take_while(|_| match accept.take_rate(publisher.as_ref(), 1) {
+                            Ok(()) => true,
+                            Err(r) => {
+                                refused = Some(r);
+                                false
+                            }
+                        })
+                        .count();
+                    if let Some(r) = refused {
+                        batch.truncate(allowed);
                         reading = false;
                         ending = Some(refusal_status(&r));
                     }
-                    Ok(()) => {
-                        let index = next_index;
-                        next_index += 1;
+                    if !batch.is_empty() {
+                        let first = next_index;
+                        let count = batch.len();
+                        next_index += count as u64;
+                        in_flight += count;
                         let accept = accept.clone();
                         let publisher = publisher.clone();
                         pending.push_back(async move {
-                            into_ack(accept.publish_one(ev, publisher.as_ref()).await, index)
+                            let items = batch.into_iter().map(Ok).collect();
+                            let acks = accept
+                                .publish_rated(items, publisher.as_ref())
+                                .await
+                                .map(|outcomes| {
+                                    (first..)
+                                        .zip(outcomes)
+                                        .map(|(index, o)| into_ack(o, index))
+                                        .collect::<Vec<_>>()
+                                })
+                                .map_err(|r| refusal_status(&r));
+                            (count, acks)
                         });
                     }
-                },
+                }
                 Ok(None) => reading = false,
                 Err(status) => {
                     tracing::debug!(%status, "publish stream ended by an error");
