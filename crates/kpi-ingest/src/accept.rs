@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use futures::stream::StreamExt;
 use kpi_bus::{Appended, Bus};
 use kpi_core::EventRecord;
 use kpi_proto::v1::{Event, Status as EventStatus};
@@ -20,6 +19,7 @@ use crate::cardinality::{Cardinality, RESOURCE_EXHAUSTED};
 use crate::config::IngestSettings;
 use crate::metrics;
 use crate::publishers::{Publisher, PublisherTokens};
+use crate::recent::RecentIds;
 use crate::IngestError;
 
 /// How a refused event's reason starts when its token may not publish the KPI.
@@ -158,6 +158,8 @@ struct Inner {
     max_in_flight: usize,
     max_body_bytes: usize,
     shutdown: Shutdown,
+    /// Ids this process stored recently: a retry of one is answered DUPLICATE.
+    recent: parking_lot::Mutex<RecentIds>,
 }
 
 impl Accept {
@@ -168,8 +170,8 @@ impl Accept {
         shutdown: Shutdown,
     ) -> Result<Self, IngestError> {
         settings.validate()?;
-        let half_window =
-            i64::try_from((bus.config().duplicate_window / 2).as_secs()).unwrap_or(i64::MAX);
+        let window = bus.config().duplicate_window;
+        let half_window = i64::try_from((window / 2).as_secs()).unwrap_or(i64::MAX);
         Ok(Accept {
             inner: Arc::new(Inner {
                 bus,
@@ -186,6 +188,11 @@ impl Accept {
                 max_in_flight: settings.max_in_flight.max(1),
                 max_body_bytes: settings.max_body_bytes.max(1),
                 shutdown,
+                recent: parking_lot::Mutex::new(RecentIds::new(
+                    settings.recent_ids,
+                    window,
+                    Instant::now(),
+                )),
             }),
         })
     }
@@ -266,7 +273,7 @@ impl Accept {
     }
 
     /// A batch: rate and size first, then each event validated and the valid
-    /// ones stored (up to `max_in_flight` at once). Outcomes are in input order;
+    /// ones stored with one call to the bus. Outcomes are in input order;
     /// an `Err` item is an event the format could not even read.
     pub async fn publish(
         &self,
@@ -294,10 +301,8 @@ impl Accept {
                 Err(refused) => outcomes.push(Some(refused)),
             }
         }
-        let mut stored = futures::stream::iter(valid)
-            .map(|(index, record)| async move { (index, self.store(record).await) })
-            .buffer_unordered(self.inner.max_in_flight);
-        while let Some((index, outcome)) = stored.next().await {
+        let (indices, records): (Vec<usize>, Vec<EventRecord>) = valid.into_iter().unzip();
+        for (index, outcome) in indices.into_iter().zip(self.store(records).await) {
             if let Some(slot) = outcomes.get_mut(index) {
                 *slot = Some(outcome);
             }
@@ -336,7 +341,16 @@ impl Accept {
     /// One event of a stream (the caller has taken the rate already).
     pub async fn publish_one(&self, ev: Event, publisher: Option<&Publisher>) -> Outcome {
         match self.check(ev, Utc::now(), publisher) {
-            Ok(record) => self.store(record).await,
+            Ok(record) => self
+                .store(vec![record])
+                .await
+                .pop()
+                .unwrap_or_else(|| Outcome {
+                    event_id: String::new(),
+                    status: EventStatus::Unavailable,
+                    reason: outcome_unknown("not attempted"),
+                    seq: 0,
+                }),
             Err(refused) => refused,
         }
     }
@@ -378,34 +392,85 @@ impl Accept {
         Ok(record)
     }
 
-    async fn store(&self, record: EventRecord) -> Outcome {
+    /// Stores `records` with one call to the bus, except those this process
+    /// stored recently (answered DUPLICATE with their first seq); one
+    /// outcome per record, in order.
+    async fn store(&self, records: Vec<EventRecord>) -> Vec<Outcome> {
+        let hashes: Vec<u128> = records
+            .iter()
+            .map(|r| kpi_core::id_hash::event_id_hash(&r.event_id))
+            .collect();
+        let known: Vec<Option<u64>> = {
+            let now = Instant::now();
+            let mut recent = self.inner.recent.lock();
+            hashes.iter().map(|h| recent.get(*h, now)).collect()
+        };
+        let fresh: Vec<EventRecord> = records
+            .iter()
+            .zip(&known)
+            .filter(|(_, k)| k.is_none())
+            .map(|(r, _)| r.clone())
+            .collect();
         let started = Instant::now();
-        let result = self.inner.bus.append_event(&record).await;
+        let mut results = if fresh.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.bus.append_events(&fresh).await
+        }
+        .into_iter();
         metrics::store_time(started.elapsed());
-        match result {
-            Ok(Appended { seq, duplicate }) => {
-                let (status, label) = if duplicate {
-                    (EventStatus::Duplicate, metrics::RESULT_DUPLICATE)
-                } else {
-                    (EventStatus::Stored, metrics::RESULT_STORED)
+        let now = Instant::now();
+        let mut recent = self.inner.recent.lock();
+        records
+            .into_iter()
+            .zip(hashes)
+            .zip(known)
+            .map(|((record, hash), known)| {
+                let result = match known {
+                    Some(seq) => Ok(Appended {
+                        seq,
+                        duplicate: true,
+                    }),
+                    None => results
+                        .next()
+                        .unwrap_or_else(|| Err(kpi_bus::BusError::Unavailable("no answer".into()))),
                 };
-                metrics::event(label);
-                Outcome {
-                    event_id: record.event_id,
-                    status,
-                    reason: String::new(),
-                    seq,
+                if let Ok(a) = &result {
+                    if known.is_none() {
+                        recent.insert(hash, a.seq, now);
+                    }
                 }
+                outcome(record, result)
+            })
+            .collect()
+    }
+}
+
+/// The answer for one event from what the bus said.
+fn outcome(record: EventRecord, result: Result<Appended, kpi_bus::BusError>) -> Outcome {
+    match result {
+        Ok(Appended { seq, duplicate }) => {
+            let (status, label) = if duplicate {
+                (EventStatus::Duplicate, metrics::RESULT_DUPLICATE)
+            } else {
+                (EventStatus::Stored, metrics::RESULT_STORED)
+            };
+            metrics::event(label);
+            Outcome {
+                event_id: record.event_id,
+                status,
+                reason: String::new(),
+                seq,
             }
-            Err(e) => {
-                metrics::event(metrics::RESULT_UNAVAILABLE);
-                tracing::warn!(event_id = %record.event_id, kpi = %record.kpi, error = %e, "storing event failed");
-                Outcome {
-                    event_id: record.event_id,
-                    status: EventStatus::Unavailable,
-                    reason: outcome_unknown(&e.to_string()),
-                    seq: 0,
-                }
+        }
+        Err(e) => {
+            metrics::event(metrics::RESULT_UNAVAILABLE);
+            tracing::warn!(event_id = %record.event_id, kpi = %record.kpi, error = %e, "storing event failed");
+            Outcome {
+                event_id: record.event_id,
+                status: EventStatus::Unavailable,
+                reason: outcome_unknown(&e.to_string()),
+                seq: 0,
             }
         }
     }
