@@ -20,7 +20,8 @@
 //! id plus the set's overhead); a shorter duplicate window shrinks it.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hasher};
+
+use kpi_core::id_hash::IdBuildHasher;
 
 /// Ids seen, as `kpi_core::id_hash::event_id_hash` values.
 #[derive(Debug, Default)]
@@ -33,7 +34,7 @@ pub struct Dedupe {
     previous: IdSet,
 }
 
-type IdSet = HashSet<u128, BuildHasherDefault<IdHasher>>;
+type IdSet = HashSet<u128, IdBuildHasher>;
 
 impl Dedupe {
     pub fn new(window: std::time::Duration) -> Self {
@@ -82,26 +83,6 @@ impl Dedupe {
             self.previous = std::mem::take(&mut self.current);
         }
         self.current_start = Some(received_at);
-    }
-}
-
-/// The ids are SHA-256 prefixes already: hashing them again is wasted work.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes.iter().take(8) {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
     }
 }
 

@@ -1,6 +1,32 @@
 //! 128-bit digests of event ids: what the aggregator's duplicate window and ingest's recent-id table hold, and what names a stored batch.
 
+use std::hash::{BuildHasherDefault, Hasher};
+
 use sha2::{Digest, Sha256};
+
+/// For hash sets and maps keyed by [`event_id_hash`] values: those are
+/// SHA-256 prefixes already, so hashing them again is wasted work.
+pub type IdBuildHasher = BuildHasherDefault<IdHasher>;
+
+/// Takes a key's low 64 bits as its hash (see [`IdBuildHasher`]).
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes.iter().take(8) {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
 
 /// The first 128 bits of SHA-256 of an `event_id`. A cryptographic hash, so
 /// no publisher can craft an id that collides with another's and have it

@@ -14,8 +14,9 @@
 //! age: it is given only for an id this process stored itself.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
+
+use kpi_core::id_hash::IdBuildHasher;
 
 pub struct RecentIds {
     /// Ids per generation; when the current one reaches it, it rotates early.
@@ -27,7 +28,7 @@ pub struct RecentIds {
     previous: IdMap,
 }
 
-type IdMap = HashMap<u128, u64, BuildHasherDefault<IdHasher>>;
+type IdMap = HashMap<u128, u64, IdBuildHasher>;
 
 impl RecentIds {
     /// At most `capacity` ids, none older than `window`.
@@ -81,26 +82,6 @@ impl RecentIds {
     fn turn(&mut self, now: Instant) {
         self.previous = std::mem::take(&mut self.current);
         self.started = now;
-    }
-}
-
-/// The keys are SHA-256 prefixes already: hashing them again is wasted work.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes.iter().take(8) {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
     }
 }
 
