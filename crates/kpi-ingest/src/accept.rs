@@ -6,11 +6,13 @@
 //! to the token checks holds for every format at once. An answer is given only
 //! after the bus stored the event; `event_id` makes a retry count once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use kpi_bus::{Appended, Bus};
+use kpi_bus::{Appended, Bus, BusError};
+use kpi_core::id_hash::IdBuildHasher;
 use kpi_core::EventRecord;
 use kpi_proto::v1::{Event, Status as EventStatus};
 use kpi_service::Shutdown;
@@ -393,61 +395,90 @@ impl Accept {
     }
 
     /// Stores `records` with one call to the bus, except those this process
-    /// stored recently (answered DUPLICATE with their first seq); one
-    /// outcome per record, in order.
+    /// stored recently, or that repeat an earlier one of the same call
+    /// (answered DUPLICATE with the original's seq); one outcome per record,
+    /// in order.
     async fn store(&self, records: Vec<EventRecord>) -> Vec<Outcome> {
         let hashes: Vec<u128> = records
             .iter()
             .map(|r| kpi_core::id_hash::event_id_hash(&r.event_id))
             .collect();
-        let known: Vec<Option<u64>> = {
+        let mut fresh: Vec<EventRecord> = Vec::new();
+        let plans: Vec<Plan> = {
             let now = Instant::now();
             let mut recent = self.inner.recent.lock();
-            hashes.iter().map(|h| recent.get(*h, now)).collect()
+            let mut sending: HashMap<u128, usize, IdBuildHasher> = HashMap::default();
+            records
+                .iter()
+                .zip(&hashes)
+                .map(|(record, hash)| {
+                    if let Some(seq) = recent.get(*hash, now) {
+                        Plan::Known(seq)
+                    } else if let Some(first) = sending.get(hash) {
+                        Plan::SameAs(*first)
+                    } else {
+                        sending.insert(*hash, fresh.len());
+                        fresh.push(record.clone());
+                        Plan::Send(fresh.len() - 1)
+                    }
+                })
+                .collect()
         };
-        let fresh: Vec<EventRecord> = records
-            .iter()
-            .zip(&known)
-            .filter(|(_, k)| k.is_none())
-            .map(|(r, _)| r.clone())
-            .collect();
         let started = Instant::now();
-        let mut results = if fresh.is_empty() {
+        let results = if fresh.is_empty() {
             Vec::new()
         } else {
             self.inner.bus.append_events(&fresh).await
-        }
-        .into_iter();
+        };
         metrics::store_time(started.elapsed());
+        let result_of = |i: usize| {
+            results
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| Err(BusError::Unavailable("no answer from the bus".into())))
+        };
         let now = Instant::now();
         let mut recent = self.inner.recent.lock();
         records
             .into_iter()
             .zip(hashes)
-            .zip(known)
-            .map(|((record, hash), known)| {
-                let result = match known {
-                    Some(seq) => Ok(Appended {
+            .zip(plans)
+            .map(|((record, hash), plan)| {
+                let result = match plan {
+                    Plan::Known(seq) => Ok(Appended {
                         seq,
                         duplicate: true,
                     }),
-                    None => results
-                        .next()
-                        .unwrap_or_else(|| Err(kpi_bus::BusError::Unavailable("no answer".into()))),
-                };
-                if let Ok(a) = &result {
-                    if known.is_none() {
-                        recent.insert(hash, a.seq, now);
+                    Plan::Send(i) => {
+                        let result = result_of(i);
+                        if let Ok(a) = &result {
+                            recent.insert(hash, a.seq, now);
+                        }
+                        result
                     }
-                }
+                    Plan::SameAs(i) => result_of(i).map(|a| Appended {
+                        duplicate: true,
+                        ..a
+                    }),
+                };
                 outcome(record, result)
             })
             .collect()
     }
 }
 
+/// What [`Accept::store`] does with one event of a call.
+enum Plan {
+    /// This process stored it recently, at this seq.
+    Known(u64),
+    /// Sent to the bus, as this item of the events sent.
+    Send(usize),
+    /// The same id as this earlier item of the events sent.
+    SameAs(usize),
+}
+
 /// The answer for one event from what the bus said.
-fn outcome(record: EventRecord, result: Result<Appended, kpi_bus::BusError>) -> Outcome {
+fn outcome(record: EventRecord, result: Result<Appended, BusError>) -> Outcome {
     match result {
         Ok(Appended { seq, duplicate }) => {
             let (status, label) = if duplicate {

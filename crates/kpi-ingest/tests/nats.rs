@@ -132,6 +132,19 @@ async fn a_retry_is_duplicate_through_the_same_ingest_and_stored_through_another
         .map(|s| s.record.as_ref().expect("decodes").event_id.as_str())
         .collect();
     assert_eq!(ids, vec!["t-1", "t-2", "t-3", "t-4", "t-2", "t-1"]);
+
+    // The same id twice in one call: stored once, the second a duplicate.
+    let twice = c2
+        .publish(batch(&["t-5", "t-5"]))
+        .await
+        .expect("publish")
+        .into_inner();
+    let statuses: Vec<EventStatus> = twice.results.iter().map(|r| r.status()).collect();
+    assert_eq!(statuses, vec![EventStatus::Stored, EventStatus::Duplicate]);
+    assert!(
+        first.no_more_events("twice_kpi", 7).await,
+        "a copy from one call reached the log"
+    );
     first.shutdown.trigger();
     second.shutdown.trigger();
     drop(nats);
