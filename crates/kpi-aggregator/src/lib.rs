@@ -7,6 +7,7 @@
 //! follows, so no acknowledged event is lost or counted twice.
 
 pub mod config;
+pub mod dedupe;
 pub mod metrics;
 pub mod server;
 pub mod state;

@@ -10,6 +10,10 @@ pub const EVENTS_REFUSED: &str = "kpi_aggregator_events_refused_total";
 pub const TOPICS_EVICTED: &str = "kpi_aggregator_topics_evicted_total";
 pub const TOPICS: &str = "kpi_aggregator_topics";
 pub const CHECKPOINT_BYTES: &str = "kpi_aggregator_checkpoint_bytes";
+/// Copies of an event already applied (its id seen within the duplicate
+/// window): a client's retry through another ingest process or after one
+/// restarted.
+pub const EVENTS_DUPLICATE: &str = "kpi_aggregator_events_duplicate_total";
 pub const EVENTS_UNDECODABLE: &str = "kpi_aggregator_events_undecodable_total";
 pub const UPDATES_PUBLISHED: &str = "kpi_aggregator_updates_published_total";
 pub const PUBLISH_FAILURES: &str = "kpi_aggregator_publish_failures_total";

@@ -101,18 +101,31 @@ pub enum Outgoing {
 }
 
 impl PartitionState {
-    /// Applies one event read from the log at `log_seq`. Events at or below
-    /// `applied_seq` were already applied (a replayed delivery) and are ignored.
+    /// Applies an event stored alone at `log_seq` (see [`PartitionState::apply_part`]).
     pub fn apply(&mut self, log_seq: u64, ev: &EventRecord, lateness: &Lateness) -> Applied {
+        self.apply_part(log_seq, true, ev, lateness)
+    }
+
+    /// Applies one event read from the log message at `log_seq`; `complete`
+    /// says it is that message's last event. Messages at or below
+    /// `applied_seq` were already applied (a replayed delivery) and are
+    /// ignored. `applied_seq` moves only with a message's last event, so it
+    /// always names a whole message: a state saved in the middle of one
+    /// would hold part of it while a restart reads it again whole.
+    pub fn apply_part(
+        &mut self,
+        log_seq: u64,
+        complete: bool,
+        ev: &EventRecord,
+        lateness: &Lateness,
+    ) -> Applied {
         let mut out = Applied::default();
         if log_seq <= self.applied_seq {
             return out;
         }
-        self.applied_seq = log_seq;
+        self.skip(log_seq, complete);
         self.watermark = self.watermark.max(ev.received_at.timestamp());
-        let skew = (ev.received_at - ev.time).abs();
-        let too_skewed = skew.to_std().map_or(true, |s| s > lateness.max_skew);
-        if too_skewed || kpi_core::event::validate_value(ev.value).is_err() {
+        if Self::refuses(ev, lateness) {
             out.refused = true;
             return out;
         }
@@ -150,6 +163,22 @@ impl PartitionState {
             out.applied += 1;
         }
         out
+    }
+
+    /// Moves past an event that is not applied (undecodable, or a copy of
+    /// one applied before): the position advances with a message's last event.
+    pub fn skip(&mut self, log_seq: u64, complete: bool) {
+        if complete {
+            self.applied_seq = self.applied_seq.max(log_seq);
+        }
+    }
+
+    /// Whether the event is outside the value rule, or timed further than
+    /// `max_skew` from its receive time: then it is not applied at all.
+    pub fn refuses(ev: &EventRecord, lateness: &Lateness) -> bool {
+        let skew = (ev.received_at - ev.time).abs();
+        let too_skewed = skew.to_std().map_or(true, |s| s > lateness.max_skew);
+        too_skewed || kpi_core::event::validate_value(ev.value).is_err()
     }
 
     /// Topics that [`PartitionState::render`] would publish for at `now`.
@@ -481,6 +510,30 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn the_position_moves_only_with_the_last_event_of_a_message() {
+        let mut st = PartitionState::default();
+        let l = Lateness::default();
+        st.apply_part(5, false, &ev("a", 1.0, t(0), t(0)), &l);
+        assert_eq!(
+            st.applied_seq, 0,
+            "mid-message, the message is not applied yet"
+        );
+        st.apply_part(5, false, &ev("b", 2.0, t(0), t(0)), &l);
+        st.apply_part(5, true, &ev("c", 3.0, t(0), t(0)), &l);
+        assert_eq!(st.applied_seq, 5);
+        let bucket = Period::Minute.bucket_start_secs(t(0));
+        assert_eq!(st.stats(&minute(), bucket).map(|s| s.count), Some(3));
+        // The whole message read again (a reopened feed) changes nothing.
+        st.apply_part(5, false, &ev("a", 1.0, t(0), t(0)), &l);
+        st.apply_part(5, true, &ev("c", 3.0, t(0), t(0)), &l);
+        assert_eq!(st.stats(&minute(), bucket).map(|s| s.count), Some(3));
+        st.skip(6, false);
+        assert_eq!(st.applied_seq, 5);
+        st.skip(6, true);
+        assert_eq!(st.applied_seq, 6);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use kpi_service::Shutdown;
 use tokio::sync::mpsc;
 
 use crate::config::AggregatorSettings;
+use crate::dedupe::Dedupe;
 use crate::metrics as m;
 use crate::state::{Outgoing, PartitionState};
 
@@ -22,6 +23,10 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// Events read ahead of the worker. When full, the reader waits: the log is
 /// the buffer, so nothing is dropped.
 const READ_AHEAD: usize = 1024;
+/// The duplicate window is rebuilt after a restart from this much before
+/// the checkpoint's watermark minus the window: room for ingest processes'
+/// clocks (receive times) to disagree with the bus's stored times.
+const REBUILD_SLACK_SECS: i64 = 300;
 
 /// A render on its way to the bus: its messages come back with the result,
 /// so whatever was not acknowledged is retried in order.
@@ -62,6 +67,14 @@ pub struct Worker {
     /// A tick came while a render was in flight: render as soon as it is
     /// acknowledged instead of a whole interval later.
     render_wanted: bool,
+    /// Ids of events applied recently: a copy is not applied again.
+    dedupe: Dedupe,
+    /// The checkpoint does not hold the dedupe window: until the first event
+    /// after it is read, the feed opens by time, early enough to see again
+    /// every event whose copies could still come, and only records their ids.
+    rebuild: bool,
+    /// The last event applied was not its message's last: no checkpoint now.
+    mid_message: bool,
 }
 
 impl Worker {
@@ -97,10 +110,14 @@ impl Worker {
             topics = state.topic_count(),
             "partition loaded"
         );
+        let dedupe = Dedupe::new(bus.config().duplicate_window);
         Ok(Worker {
             partition,
             bus,
             settings,
+            dedupe,
+            rebuild: state.applied_seq > 0,
+            mid_message: false,
             checkpointed_seq: state.applied_seq,
             state,
             caught_up: false,
@@ -125,11 +142,7 @@ impl Worker {
             if shutdown.is_triggered() {
                 break;
             }
-            let feed = match self
-                .bus
-                .event_feed(self.partition, self.state.applied_seq + 1)
-                .await
-            {
+            let feed = match self.open_feed().await {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(partition = self.partition, error = %e, "cannot open event feed; retrying");
@@ -195,7 +208,14 @@ impl Worker {
                                 None => break Some("the bus closed the feed".to_string()),
                             }
                             drained += 1;
-                            if drained == READ_AHEAD {
+                            // The rest of a message is already read (the
+                            // feed splits a message at once): take it, so
+                            // a checkpoint never waits on a half message.
+                            if self.mid_message {
+                                next = events.recv().await;
+                                continue;
+                            }
+                            if drained >= READ_AHEAD {
                                 break None;
                             }
                             match events.try_recv() {
@@ -242,6 +262,35 @@ impl Worker {
         );
     }
 
+    /// The partition's feed: from `applied_seq + 1`, or, while the dedupe
+    /// window is still to be rebuilt, from the first event stored a window
+    /// (and a slack) before the checkpoint's newest receive time. Events up
+    /// to `applied_seq` then only fill the window (see `apply`).
+    /// (The future owns what it needs: the worker is not `Sync`.)
+    fn open_feed(&self) -> impl Future<Output = Result<EventFeed, BusError>> + Send + 'static {
+        let bus = self.bus.clone();
+        let partition = self.partition;
+        let from_seq = self.state.applied_seq + 1;
+        let since = self.rebuild.then(|| {
+            let window = i64::try_from(bus.config().duplicate_window.as_secs()).unwrap_or(i64::MAX);
+            let secs = self
+                .state
+                .watermark
+                .saturating_sub(window)
+                .saturating_sub(REBUILD_SLACK_SECS);
+            chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default()
+        });
+        async move {
+            match since {
+                Some(since) => {
+                    tracing::info!(partition, %since, "rebuilding the duplicate window");
+                    bus.event_feed_from_time(partition, since).await
+                }
+                None => bus.event_feed(partition, from_seq).await,
+            }
+        }
+    }
+
     /// Caught up when the log holds nothing after what was applied. (An
     /// event delivered with nothing pending behind it also says so.) Until
     /// then nothing is published: a stale checkpoint would otherwise show
@@ -263,9 +312,48 @@ impl Worker {
         if ev.pending == 0 {
             self.caught_up = true;
         }
+        let lateness = &self.settings.lateness;
+        if ev.seq <= self.state.applied_seq {
+            // Applied before the checkpoint: only its id is wanted, to know
+            // a copy that comes later.
+            if let Ok(record) = &ev.record {
+                if !PartitionState::refuses(record, lateness) {
+                    self.dedupe.check_and_insert(
+                        kpi_core::id_hash::event_id_hash(&record.event_id),
+                        record.received_at.timestamp(),
+                    );
+                }
+            }
+            return 0;
+        }
+        if self.rebuild {
+            self.rebuild = false;
+            tracing::info!(
+                partition = self.partition,
+                ids = self.dedupe.len(),
+                "duplicate window rebuilt"
+            );
+        }
+        self.mid_message = !ev.complete;
         match ev.record {
+            // A refused event is not remembered: a copy of it that passes
+            // the rules must still count.
+            Ok(record)
+                if !PartitionState::refuses(&record, lateness)
+                    && self.dedupe.check_and_insert(
+                        kpi_core::id_hash::event_id_hash(&record.event_id),
+                        record.received_at.timestamp(),
+                    ) =>
+            {
+                self.state.skip(ev.seq, ev.complete);
+                metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
+                tracing::debug!(partition = self.partition, kpi = %record.kpi, event_id = %record.event_id, "copy of an applied event not applied again");
+                0
+            }
             Ok(record) => {
-                let r = self.state.apply(ev.seq, &record, &self.settings.lateness);
+                let r = self
+                    .state
+                    .apply_part(ev.seq, ev.complete, &record, lateness);
                 if r.refused {
                     metrics::counter!(m::EVENTS_REFUSED).increment(1);
                     tracing::debug!(partition = self.partition, kpi = %record.kpi, event_id = %record.event_id, "event outside the value or time rule not applied");
@@ -292,7 +380,7 @@ impl Worker {
             Err(why) => {
                 // Ingest validated it, so this is a foreign or corrupted
                 // message; skip it but keep the position moving.
-                self.state.applied_seq = self.state.applied_seq.max(ev.seq);
+                self.state.skip(ev.seq, ev.complete);
                 metrics::counter!(m::EVENTS_UNDECODABLE).increment(1);
                 tracing::warn!(partition = self.partition, seq = ev.seq, %why, "undecodable event skipped");
                 0
@@ -415,6 +503,11 @@ impl Worker {
         // and a crash would lose them for good. The previous checkpoint plus
         // replay renders them again.
         if !self.unsent.is_empty() || self.in_flight.is_some() {
+            return;
+        }
+        // The state holds part of a message that `applied_seq` does not
+        // cover yet: a restart would read that message again whole.
+        if self.mid_message {
             return;
         }
         self.state.prune(&self.settings.lateness);

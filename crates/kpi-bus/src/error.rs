@@ -1,7 +1,8 @@
 //! Errors of bus operations.
 
 /// Why a bus operation failed. `Unavailable` is worth retrying; the others are not.
-#[derive(Debug, thiserror::Error)]
+// Clone: one failed batch message fails each of its events alike.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     #[error("bus unavailable: {0}")]
     Unavailable(String),

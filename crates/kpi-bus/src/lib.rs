@@ -11,6 +11,7 @@ pub mod memory;
 pub mod nats;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use kpi_core::subject::StateName;
 use kpi_core::{EventRecord, KpiCode, Topic};
 
@@ -32,8 +33,14 @@ pub struct StoredEvent {
     /// Position in the event log; feeds resume from a position + 1.
     pub seq: u64,
     /// Events of this partition still behind this one when it was delivered;
-    /// 0 means the reader has caught up with the log.
+    /// 0 means the reader has caught up with the log. The log counts stored
+    /// messages, so all events of one batch message carry that message's count.
     pub pending: u64,
+    /// The last event of its stored message. A batch message holds many
+    /// events under one `seq`; a reader that saves its position must do so
+    /// only after a complete event, or a restart would skip the rest of the
+    /// message. An event stored alone is always complete.
+    pub complete: bool,
     /// The event, or why its payload could not be decoded (counted, skipped).
     pub record: Result<EventRecord, String>,
 }
@@ -119,6 +126,33 @@ impl Bus {
         match self {
             Bus::Memory(b) => b.append_event(ev).await,
             Bus::Nats(b) => b.append_event(ev).await,
+        }
+    }
+
+    /// Stores many events; returns once all are acknowledged or one failed,
+    /// with one result per event in input order. The NATS bus stores them
+    /// in few messages (one per partition and chunk); an event's `seq` is its
+    /// message's, and `duplicate` says the whole chunk was stored before (an
+    /// exact retry). A failed chunk fails each of its events, so the caller
+    /// reports them as in doubt. The memory bus stores them one by one.
+    pub async fn append_events(&self, events: &[EventRecord]) -> Vec<Result<Appended, BusError>> {
+        match self {
+            Bus::Memory(b) => b.append_events(events).await,
+            Bus::Nats(b) => b.append_events(events).await,
+        }
+    }
+
+    /// Reads one partition's events in log order from the first one stored
+    /// at or after `since`, and keeps following the log. For rebuilding what
+    /// a checkpoint does not hold (the aggregator's duplicate window).
+    pub async fn event_feed_from_time(
+        &self,
+        partition: u32,
+        since: DateTime<Utc>,
+    ) -> Result<EventFeed, BusError> {
+        match self {
+            Bus::Memory(b) => b.event_feed_from_time(partition, since).await,
+            Bus::Nats(b) => b.event_feed_from_time(partition, since).await,
         }
     }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use kpi_core::subject::StateName;
 use kpi_core::{partition_of, EventRecord, KpiCode, Topic};
 use parking_lot::Mutex;
@@ -59,6 +60,8 @@ struct State {
 struct Stored {
     seq: u64,
     at: Instant,
+    /// For feeds that start at a time, as JetStream's stored timestamp.
+    stored_at: DateTime<Utc>,
     payload: Bytes,
 }
 
@@ -151,6 +154,7 @@ impl MemoryBus {
             .push_back(Stored {
                 seq,
                 at: now,
+                stored_at: Utc::now(),
                 payload,
             });
         drop(st);
@@ -159,6 +163,34 @@ impl MemoryBus {
             seq,
             duplicate: false,
         })
+    }
+
+    /// One message per event, as [`MemoryBus::append_event`]: this bus has
+    /// no per-message cost to save, and keeps its exact id table.
+    pub(crate) async fn append_events(
+        &self,
+        events: &[EventRecord],
+    ) -> Vec<Result<Appended, BusError>> {
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            out.push(self.append_event(ev).await);
+        }
+        out
+    }
+
+    pub(crate) async fn event_feed_from_time(
+        &self,
+        partition: u32,
+        since: DateTime<Utc>,
+    ) -> Result<EventFeed, BusError> {
+        let next_seq = {
+            let st = self.inner.state.lock();
+            st.partitions
+                .get(&partition)
+                .and_then(|log| log.iter().find(|e| e.stored_at >= since))
+                .map_or(st.last_seq + 1, |e| e.seq)
+        };
+        self.event_feed(partition, next_seq).await
     }
 
     pub(crate) async fn last_event_seq(&self, partition: u32) -> Result<u64, BusError> {
@@ -395,6 +427,7 @@ impl MemoryFeed {
         Some(StoredEvent {
             seq: e.seq,
             pending,
+            complete: true,
             record: EventRecord::from_json(&e.payload).map_err(|e| e.to_string()),
         })
     }

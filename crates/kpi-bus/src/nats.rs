@@ -4,16 +4,17 @@
 //! streams are created directly rather than through the KV helpers, and
 //! "latest per subject" is read with the stream's message-get API.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use kpi_core::subject::{
-    checkpoint_subject, event_subject, partition_filter, state_subject, StateName,
-    BROADCAST_SUBJECT, CHECKPOINT_WILDCARD, EVENTS_WILDCARD, HISTORY_WILDCARD, STATE_WILDCARD,
-    UPDATES_WILDCARD,
+    checkpoint_subject, event_batch_subject, event_subject, partition_filter, state_subject,
+    StateName, BROADCAST_SUBJECT, CHECKPOINT_WILDCARD, EVENTS_WILDCARD, HISTORY_WILDCARD,
+    STATE_WILDCARD, UPDATES_WILDCARD,
 };
 use kpi_core::{partition_of, EventRecord, KpiCode, Topic};
 
@@ -43,6 +44,14 @@ const FEED_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// `publish_all` sends at most this many messages before awaiting their
 /// acknowledgements; bounds what a failure leaves unconfirmed.
 const PUBLISH_WINDOW: usize = 256;
+/// Marks a stored message that holds many events, one JSON record per line;
+/// the value is their count. A message without it holds one event.
+const EVENTS_HEADER: &str = "Kpi-Events";
+/// Largest payload of a batch message; well under the server's
+/// `max_payload` (1 MiB by default), so one large chunk never fails alone.
+const BATCH_MAX_BYTES: usize = 256 * 1024;
+/// Most events in a batch message: bounds the work a reader does per message.
+const BATCH_MAX_EVENTS: usize = 1024;
 /// Marks a checkpoint message that is a manifest of parts, not the checkpoint.
 const CHECKPOINT_PARTS_HEADER: &str = "Kpi-Checkpoint-Parts";
 /// Room left in each checkpoint part for headers and the protocol line.
@@ -202,6 +211,98 @@ impl NatsBus {
         })
     }
 
+    /// Groups the events by partition (keeping their order), cuts each group
+    /// into chunks of at most [`BATCH_MAX_EVENTS`] and [`BATCH_MAX_BYTES`],
+    /// sends every chunk, then awaits the acks. A chunk of one event is
+    /// stored as [`NatsBus::append_event`] stores it.
+    pub(crate) async fn append_events(
+        &self,
+        events: &[EventRecord],
+    ) -> Vec<Result<Appended, BusError>> {
+        let mut out: Vec<Result<Appended, BusError>> = events
+            .iter()
+            .map(|_| Err(BusError::Unavailable("not sent".into())))
+            .collect();
+        let mut by_partition: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, ev) in events.iter().enumerate() {
+            by_partition
+                .entry(partition_of(&ev.kpi, self.config.partitions))
+                .or_default()
+                .push(i);
+        }
+        let limit = BATCH_MAX_BYTES.min(self.checkpoint_part_limit());
+        let mut sent = Vec::new();
+        for (partition, indices) in by_partition {
+            let mut chunk: Vec<usize> = Vec::new();
+            let mut payload: Vec<u8> = Vec::new();
+            for i in indices {
+                let json = events[i].to_json();
+                let full = chunk.len() == BATCH_MAX_EVENTS
+                    || (!chunk.is_empty() && payload.len() + 1 + json.len() > limit);
+                if full {
+                    let done = std::mem::take(&mut chunk);
+                    let body = std::mem::take(&mut payload);
+                    sent.push((self.send_chunk(partition, events, &done, body).await, done));
+                }
+                if !chunk.is_empty() {
+                    payload.push(b'\n');
+                }
+                payload.extend_from_slice(&json);
+                chunk.push(i);
+            }
+            if !chunk.is_empty() {
+                sent.push((
+                    self.send_chunk(partition, events, &chunk, payload).await,
+                    chunk,
+                ));
+            }
+        }
+        for (ack, chunk) in sent {
+            let result = match ack {
+                Ok(ack) => ack.await.map_err(BusError::unavailable).map(|a| Appended {
+                    seq: a.sequence,
+                    duplicate: a.duplicate,
+                }),
+                Err(e) => Err(e),
+            };
+            for i in chunk {
+                out[i] = result.clone();
+            }
+        }
+        out
+    }
+
+    /// Sends one chunk of a partition's events without awaiting its ack.
+    async fn send_chunk(
+        &self,
+        partition: u32,
+        events: &[EventRecord],
+        chunk: &[usize],
+        payload: Vec<u8>,
+    ) -> Result<jetstream::context::PublishAckFuture, BusError> {
+        let mut headers = async_nats::HeaderMap::new();
+        let subject = match chunk {
+            [one] => {
+                let ev = &events[*one];
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, ev.event_id.as_str());
+                event_subject(partition, &ev.kpi)
+            }
+            _ => {
+                // An exact retry of a chunk is stored once; any other overlap
+                // is caught by the aggregator's duplicate window.
+                let id =
+                    kpi_core::id_hash::batch_id(chunk.iter().map(|i| events[*i].event_id.as_str()));
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                headers.insert(EVENTS_HEADER, chunk.len().to_string().as_str());
+                event_batch_subject(partition)
+            }
+        };
+        self.js
+            .publish_with_headers(subject, headers, Bytes::from(payload))
+            .await
+            .map_err(BusError::unavailable)
+    }
+
     pub(crate) async fn last_event_seq(&self, partition: u32) -> Result<u64, BusError> {
         Ok(last_of(
             &self.feed_events,
@@ -217,19 +318,46 @@ impl NatsBus {
         partition: u32,
         from_seq: u64,
     ) -> Result<EventFeed, BusError> {
-        let filter = partition_filter(partition);
         let next_seq = from_seq.max(1);
+        let start = consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: next_seq,
+        };
+        self.open_event_feed(partition, start, next_seq).await
+    }
+
+    pub(crate) async fn event_feed_from_time(
+        &self,
+        partition: u32,
+        since: DateTime<Utc>,
+    ) -> Result<EventFeed, BusError> {
+        let nanos = since
+            .timestamp_nanos_opt()
+            .ok_or_else(|| BusError::Invalid(format!("{since} is out of range")))?;
+        let start_time = async_nats::datetime::from_nanos(i128::from(nanos))
+            .map_err(|e| BusError::Invalid(format!("{since}: {e}")))?;
+        let start = consumer::DeliverPolicy::ByStartTime { start_time };
+        self.open_event_feed(partition, start, 1).await
+    }
+
+    async fn open_event_feed(
+        &self,
+        partition: u32,
+        start: consumer::DeliverPolicy,
+        next_seq: u64,
+    ) -> Result<EventFeed, BusError> {
+        let filter = partition_filter(partition);
         // Opened eagerly so a bad stream or a down server fails here, where
         // the caller expects setup errors, rather than on the first read.
-        let messages = open_feed(&self.feed_events, &filter, next_seq).await?;
+        let (messages, start) = open_feed(&self.feed_events, &filter, start).await?;
         Ok(EventFeed {
             inner: FeedInner::Nats(Box::new(NatsFeed {
                 events: self.feed_events.clone(),
                 filter,
-                next_seq,
+                next_seq: next_seq.max(start),
                 messages: Some(messages),
                 failed: false,
                 check_at: tokio::time::Instant::now() + FEED_STALL_CHECK,
+                split: VecDeque::new(),
             })),
         })
     }
@@ -662,21 +790,26 @@ const FEED_REOPEN_BACKOFF: Duration = Duration::from_millis(250);
 /// heartbeats; the check turns that stall into a reopen within seconds.
 const FEED_STALL_CHECK: Duration = Duration::from_secs(2);
 
-/// An ephemeral ordered consumer over one partition's events.
+/// An ephemeral ordered consumer over one partition's events, and the
+/// stream sequence it starts at. The server resolves a start time to that
+/// sequence, so a feed opened by time stall-checks and reopens by sequence
+/// like any other, even before it has delivered anything.
 async fn open_feed(
     events: &stream::Stream,
     filter: &str,
-    start_sequence: u64,
-) -> Result<consumer::pull::Ordered, BusError> {
+    deliver_policy: consumer::DeliverPolicy,
+) -> Result<(consumer::pull::Ordered, u64), BusError> {
     let consumer = events
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: filter.to_string(),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence },
+            deliver_policy,
             ..Default::default()
         })
         .await
         .map_err(BusError::unavailable)?;
-    consumer.messages().await.map_err(BusError::unavailable)
+    let start = consumer.cached_info().delivered.stream_sequence + 1;
+    let messages = consumer.messages().await.map_err(BusError::unavailable)?;
+    Ok((messages, start))
 }
 
 /// One partition's events, following the log.
@@ -705,10 +838,15 @@ pub struct NatsFeed {
     /// the future is dropped and restarted far more often than the check
     /// interval, and a timeout inside it would never fire.
     check_at: tokio::time::Instant,
+    /// The rest of a batch message already taken from the consumer.
+    split: VecDeque<StoredEvent>,
 }
 
 impl NatsFeed {
     pub(crate) async fn next(&mut self) -> Option<Result<StoredEvent, BusError>> {
+        if let Some(ev) = self.split.pop_front() {
+            return Some(Ok(ev));
+        }
         loop {
             let messages = match &mut self.messages {
                 Some(m) => m,
@@ -716,8 +854,11 @@ impl NatsFeed {
                     if self.failed {
                         tokio::time::sleep(FEED_REOPEN_BACKOFF).await;
                     }
-                    match open_feed(&self.events, &self.filter, self.next_seq).await {
-                        Ok(m) => {
+                    let start = consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: self.next_seq,
+                    };
+                    match open_feed(&self.events, &self.filter, start).await {
+                        Ok((m, _)) => {
                             self.failed = false;
                             self.messages.insert(m)
                         }
@@ -756,11 +897,22 @@ impl NatsFeed {
             }
             self.next_seq = seq + 1;
             self.check_at = tokio::time::Instant::now() + FEED_STALL_CHECK;
-            return Some(Ok(StoredEvent {
-                seq,
-                pending,
-                record: EventRecord::from_json(&m.payload).map_err(|e| e.to_string()),
-            }));
+            if m.headers
+                .as_ref()
+                .and_then(|h| h.get(EVENTS_HEADER))
+                .is_none()
+            {
+                return Some(Ok(StoredEvent {
+                    seq,
+                    pending,
+                    complete: true,
+                    record: EventRecord::from_json(&m.payload).map_err(|e| e.to_string()),
+                }));
+            }
+            self.split = split_batch(seq, pending, &m.payload);
+            if let Some(ev) = self.split.pop_front() {
+                return Some(Ok(ev));
+            }
         }
     }
 
@@ -773,6 +925,35 @@ impl NatsFeed {
             self.filter
         ))
     }
+}
+
+/// The events of one batch message, one JSON record per line, the last one
+/// marked complete. A line that does not decode is an `Err` record (the
+/// reader counts and skips it) and the others still apply; an empty message
+/// is one `Err`, so a reader still moves past it.
+fn split_batch(seq: u64, pending: u64, payload: &[u8]) -> VecDeque<StoredEvent> {
+    let mut out: VecDeque<StoredEvent> = payload
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| StoredEvent {
+            seq,
+            pending,
+            complete: false,
+            record: EventRecord::from_json(line).map_err(|e| e.to_string()),
+        })
+        .collect();
+    if out.is_empty() {
+        out.push_back(StoredEvent {
+            seq,
+            pending,
+            complete: true,
+            record: Err("a batch message with no events".into()),
+        });
+    }
+    if let Some(last) = out.back_mut() {
+        last.complete = true;
+    }
+    out
 }
 
 /// Whether the log holds an event matching `filter` at or after `next_seq`.

@@ -294,6 +294,115 @@ async fn event_feed_resumes_from_a_seq(fx: Fixture) {
     );
 }
 
+async fn append_events(bus: &Bus, events: &[EventRecord]) -> Vec<kpi_bus::Appended> {
+    bus.append_events(events)
+        .await
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.unwrap_or_else(|e| panic!("append_events, event {i}: {e}")))
+        .collect()
+}
+
+/// Reads `n` events and returns (seq, event_id, complete) of each.
+async fn read_with_flags(feed: &mut EventFeed, n: usize) -> Vec<(u64, String, bool)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let e = next_event(feed).await;
+        let rec = e
+            .record
+            .unwrap_or_else(|err| panic!("undecodable event at {}: {err}", e.seq));
+        out.push((e.seq, rec.event_id, e.complete));
+    }
+    out
+}
+
+/// Whatever a bus groups into one stored message, a reader sees the events
+/// in order with each message's last event, and only that one, complete.
+fn assert_complete_ends_each_message(got: &[(u64, String, bool)]) {
+    for (i, (seq, id, complete)) in got.iter().enumerate() {
+        let last_of_message = got.get(i + 1).is_none_or(|next| next.0 != *seq);
+        assert_eq!(*complete, last_of_message, "{id} at {seq} in {got:?}");
+    }
+}
+
+async fn append_events_round_trips_across_partitions_in_order(fx: Fixture) {
+    let bus = &fx.bus;
+    let codes = codes_in_distinct_partitions(2);
+    let (a, b) = (&codes[0], &codes[1]);
+    let single = append(bus, &event("a0", a, 0.0)).await;
+    let batch = [
+        event("a1", a, 1.0),
+        event("b1", b, 10.0),
+        event("a2", a, 2.0),
+        event("a3", a, 3.0),
+        event("b2", b, 20.0),
+    ];
+    let stored = append_events(bus, &batch).await;
+    assert_eq!(stored.len(), batch.len(), "one outcome per event");
+    assert!(stored.iter().all(|s| !s.duplicate && s.seq > single.seq));
+
+    let mut fa = feed(bus, a, 1).await;
+    let got = read_with_flags(&mut fa, 4).await;
+    let ids: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["a0", "a1", "a2", "a3"],
+        "old and new messages, in order"
+    );
+    assert_eq!(got[0].0, single.seq);
+    for (g, i) in got[1..].iter().zip([0, 2, 3]) {
+        assert_eq!(g.0, stored[i].seq, "{} at the seq its append reported", g.1);
+    }
+    assert_complete_ends_each_message(&got);
+    assert_feed_quiet(&mut fa).await;
+
+    let mut fb = feed(bus, b, 1).await;
+    let got = read_with_flags(&mut fb, 2).await;
+    assert_eq!(
+        got.iter().map(|g| g.1.as_str()).collect::<Vec<_>>(),
+        ["b1", "b2"]
+    );
+    assert_complete_ends_each_message(&got);
+
+    // An exact retry of the call is reported as duplicate and stores nothing.
+    let again = append_events(bus, &batch).await;
+    assert!(again.iter().all(|s| s.duplicate), "{again:?}");
+    assert_feed_quiet(&mut fa).await;
+    assert_feed_quiet(&mut fb).await;
+}
+
+async fn event_feed_from_time_starts_at_the_first_event_stored_then(fx: Fixture) {
+    let bus = &fx.bus;
+    let kpi = code("since_kpi");
+    let partition = partition_of(&kpi, PARTITIONS);
+    append(bus, &event("old", &kpi, 1.0)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let since = Utc::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    append_events(bus, &[event("n1", &kpi, 2.0), event("n2", &kpi, 3.0)]).await;
+
+    let mut f = bus
+        .event_feed_from_time(partition, since)
+        .await
+        .expect("feed from a time");
+    let got = read_with_flags(&mut f, 2).await;
+    assert_eq!(
+        got.iter().map(|g| g.1.as_str()).collect::<Vec<_>>(),
+        ["n1", "n2"]
+    );
+    assert_feed_quiet(&mut f).await;
+
+    // A time after everything stored: nothing, then what comes next.
+    let mut f = bus
+        .event_feed_from_time(partition, Utc::now())
+        .await
+        .expect("feed from now");
+    assert_feed_quiet(&mut f).await;
+    let next = append(bus, &event("n3", &kpi, 4.0)).await;
+    let got = read_with_flags(&mut f, 1).await;
+    assert_eq!(got, vec![(next.seq, "n3".to_string(), true)]);
+}
+
 async fn publish_update_reaches_a_live_subscription(fx: Fixture) {
     let bus = &fx.bus;
     let t = topic("revenue", Period::Minute);
@@ -652,6 +761,48 @@ async fn nats_event_feed_survives_a_server_restart() {
     assert_feed_quiet(&mut f).await;
 }
 
+/// NATS only (the memory bus stores events one by one): a line of a batch
+/// message that does not decode is reported on its own, and the message's
+/// other events are still delivered, the last one complete.
+#[tokio::test]
+async fn nats_a_batch_with_a_bad_line_still_delivers_its_other_events() {
+    let fx = Fixture::nats().await;
+    let server = fx.server.as_ref().expect("a NATS fixture");
+    let kpi = code("bad_line_kpi");
+    let partition = partition_of(&kpi, PARTITIONS);
+    let mut payload = event("g1", &kpi, 1.0).to_json();
+    payload.extend_from_slice(b"\n{\"not\": an event}\n");
+    payload.extend_from_slice(&event("g2", &kpi, 2.0).to_json());
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Kpi-Events", "3");
+    let seq = async_nats::jetstream::new(client)
+        .publish_with_headers(
+            kpi_core::subject::event_batch_subject(partition),
+            headers,
+            Bytes::from(payload),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored")
+        .sequence;
+
+    let mut f = feed(&fx.bus, &kpi, 1).await;
+    let first = next_event(&mut f).await;
+    let bad = next_event(&mut f).await;
+    let last = next_event(&mut f).await;
+    assert_eq!((first.seq, bad.seq, last.seq), (seq, seq, seq));
+    assert_eq!(first.record.expect("g1 decodes").event_id, "g1");
+    assert!(bad.record.is_err(), "the bad line is reported");
+    assert_eq!(last.record.expect("g2 decodes").event_id, "g2");
+    assert_eq!(
+        (first.complete, bad.complete, last.complete),
+        (false, false, true)
+    );
+    assert_feed_quiet(&mut f).await;
+}
+
 /// NATS only: the bus takes a cluster's comma-separated URL list and lays its
 /// streams out with three replicas.
 #[tokio::test]
@@ -867,6 +1018,8 @@ conformance!(
     append_assigns_increasing_seqs_and_reports_duplicates,
     event_feed_reads_one_partition_in_order_with_pending,
     event_feed_resumes_from_a_seq,
+    append_events_round_trips_across_partitions_in_order,
+    event_feed_from_time_starts_at_the_first_event_stored_then,
     publish_update_reaches_a_live_subscription,
     publish_all_keeps_order_and_stores_a_history_record_once,
     last_and_recent_updates_return_the_newest,

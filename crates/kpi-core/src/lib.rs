@@ -8,6 +8,7 @@ pub mod access;
 pub mod cadence;
 pub mod code;
 pub mod event;
+pub mod id_hash;
 pub mod merge_patch;
 pub mod message;
 pub mod partition;

@@ -13,6 +13,16 @@ pub fn event_subject(partition: u32, code: &KpiCode) -> String {
     format!("kpi.events.{partition}.{code}")
 }
 
+/// Many events of one partition in one stored message:
+/// `kpi.events.<partition>.~batch`. `~` is not allowed in a KPI code, so the
+/// last token names no KPI, and the partition filter still matches it.
+pub fn event_batch_subject(partition: u32) -> String {
+    format!("kpi.events.{partition}.{BATCH_TOKEN}")
+}
+
+/// The last token of [`event_batch_subject`].
+pub const BATCH_TOKEN: &str = "~batch";
+
 /// Everything in one partition, the filter of that partition's consumer.
 pub fn partition_filter(partition: u32) -> String {
     format!("kpi.events.{partition}.>")
@@ -116,6 +126,14 @@ impl fmt::Display for Topic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_batch_subject_names_no_kpi_and_stays_in_its_partition() {
+        assert!(KpiCode::parse(BATCH_TOKEN).is_err());
+        let s = event_batch_subject(3);
+        assert_eq!(s, "kpi.events.3.~batch");
+        assert!(s.starts_with(partition_filter(3).trim_end_matches('>')));
+    }
 
     #[test]
     fn state_names_are_one_plain_token() {

@@ -6,12 +6,13 @@
 //! to the token checks holds for every format at once. An answer is given only
 //! after the bus stored the event; `event_id` makes a retry count once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use futures::stream::StreamExt;
-use kpi_bus::{Appended, Bus};
+use kpi_bus::{Appended, Bus, BusError};
+use kpi_core::id_hash::IdBuildHasher;
 use kpi_core::EventRecord;
 use kpi_proto::v1::{Event, Status as EventStatus};
 use kpi_service::Shutdown;
@@ -20,6 +21,7 @@ use crate::cardinality::{Cardinality, RESOURCE_EXHAUSTED};
 use crate::config::IngestSettings;
 use crate::metrics;
 use crate::publishers::{Publisher, PublisherTokens};
+use crate::recent::RecentIds;
 use crate::IngestError;
 
 /// How a refused event's reason starts when its token may not publish the KPI.
@@ -158,6 +160,8 @@ struct Inner {
     max_in_flight: usize,
     max_body_bytes: usize,
     shutdown: Shutdown,
+    /// Ids this process stored recently: a retry of one is answered DUPLICATE.
+    recent: parking_lot::Mutex<RecentIds>,
 }
 
 impl Accept {
@@ -168,8 +172,8 @@ impl Accept {
         shutdown: Shutdown,
     ) -> Result<Self, IngestError> {
         settings.validate()?;
-        let half_window =
-            i64::try_from((bus.config().duplicate_window / 2).as_secs()).unwrap_or(i64::MAX);
+        let window = bus.config().duplicate_window;
+        let half_window = i64::try_from((window / 2).as_secs()).unwrap_or(i64::MAX);
         Ok(Accept {
             inner: Arc::new(Inner {
                 bus,
@@ -186,6 +190,11 @@ impl Accept {
                 max_in_flight: settings.max_in_flight.max(1),
                 max_body_bytes: settings.max_body_bytes.max(1),
                 shutdown,
+                recent: parking_lot::Mutex::new(RecentIds::new(
+                    settings.recent_ids,
+                    window,
+                    Instant::now(),
+                )),
             }),
         })
     }
@@ -266,7 +275,7 @@ impl Accept {
     }
 
     /// A batch: rate and size first, then each event validated and the valid
-    /// ones stored (up to `max_in_flight` at once). Outcomes are in input order;
+    /// ones stored with one call to the bus. Outcomes are in input order;
     /// an `Err` item is an event the format could not even read.
     pub async fn publish(
         &self,
@@ -304,10 +313,8 @@ impl Accept {
                 Err(refused) => outcomes.push(Some(refused)),
             }
         }
-        let mut stored = futures::stream::iter(valid)
-            .map(|(index, record)| async move { (index, self.store(record).await) })
-            .buffer_unordered(self.inner.max_in_flight);
-        while let Some((index, outcome)) = stored.next().await {
+        let (indices, records): (Vec<usize>, Vec<EventRecord>) = valid.into_iter().unzip();
+        for (index, outcome) in indices.into_iter().zip(self.store(records).await) {
             if let Some(slot) = outcomes.get_mut(index) {
                 *slot = Some(outcome);
             }
@@ -380,34 +387,114 @@ impl Accept {
         Ok(record)
     }
 
-    async fn store(&self, record: EventRecord) -> Outcome {
+    /// Stores `records` with one call to the bus, except those this process
+    /// stored recently, or that repeat an earlier one of the same call
+    /// (answered DUPLICATE with the original's seq); one outcome per record,
+    /// in order.
+    async fn store(&self, records: Vec<EventRecord>) -> Vec<Outcome> {
+        let hashes: Vec<u128> = records
+            .iter()
+            .map(|r| kpi_core::id_hash::event_id_hash(&r.event_id))
+            .collect();
+        let mut fresh: Vec<EventRecord> = Vec::new();
+        let plans: Vec<Plan> = {
+            let now = Instant::now();
+            let mut recent = self.inner.recent.lock();
+            let mut sending: HashMap<u128, usize, IdBuildHasher> = HashMap::default();
+            records
+                .iter()
+                .zip(&hashes)
+                .map(|(record, hash)| {
+                    if let Some(seq) = recent.get(*hash, now) {
+                        Plan::Known(seq)
+                    } else if let Some(first) = sending.get(hash) {
+                        Plan::SameAs(*first)
+                    } else {
+                        sending.insert(*hash, fresh.len());
+                        fresh.push(record.clone());
+                        Plan::Send(fresh.len() - 1)
+                    }
+                })
+                .collect()
+        };
         let started = Instant::now();
-        let result = self.inner.bus.append_event(&record).await;
+        let results = if fresh.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.bus.append_events(&fresh).await
+        };
         metrics::store_time(started.elapsed());
-        match result {
-            Ok(Appended { seq, duplicate }) => {
-                let (status, label) = if duplicate {
-                    (EventStatus::Duplicate, metrics::RESULT_DUPLICATE)
-                } else {
-                    (EventStatus::Stored, metrics::RESULT_STORED)
+        let result_of = |i: usize| {
+            results
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| Err(BusError::Unavailable("no answer from the bus".into())))
+        };
+        let now = Instant::now();
+        let mut recent = self.inner.recent.lock();
+        records
+            .into_iter()
+            .zip(hashes)
+            .zip(plans)
+            .map(|((record, hash), plan)| {
+                let result = match plan {
+                    Plan::Known(seq) => Ok(Appended {
+                        seq,
+                        duplicate: true,
+                    }),
+                    Plan::Send(i) => {
+                        let result = result_of(i);
+                        if let Ok(a) = &result {
+                            recent.insert(hash, a.seq, now);
+                        }
+                        result
+                    }
+                    Plan::SameAs(i) => result_of(i).map(|a| Appended {
+                        duplicate: true,
+                        ..a
+                    }),
                 };
-                metrics::event(label);
-                Outcome {
-                    event_id: record.event_id,
-                    status,
-                    reason: String::new(),
-                    seq,
-                }
+                outcome(record, result)
+            })
+            .collect()
+    }
+}
+
+/// What [`Accept::store`] does with one event of a call.
+enum Plan {
+    /// This process stored it recently, at this seq.
+    Known(u64),
+    /// Sent to the bus, as this item of the events sent.
+    Send(usize),
+    /// The same id as this earlier item of the events sent.
+    SameAs(usize),
+}
+
+/// The answer for one event from what the bus said.
+fn outcome(record: EventRecord, result: Result<Appended, BusError>) -> Outcome {
+    match result {
+        Ok(Appended { seq, duplicate }) => {
+            let (status, label) = if duplicate {
+                (EventStatus::Duplicate, metrics::RESULT_DUPLICATE)
+            } else {
+                (EventStatus::Stored, metrics::RESULT_STORED)
+            };
+            metrics::event(label);
+            Outcome {
+                event_id: record.event_id,
+                status,
+                reason: String::new(),
+                seq,
             }
-            Err(e) => {
-                metrics::event(metrics::RESULT_UNAVAILABLE);
-                tracing::warn!(event_id = %record.event_id, kpi = %record.kpi, error = %e, "storing event failed");
-                Outcome {
-                    event_id: record.event_id,
-                    status: EventStatus::Unavailable,
-                    reason: outcome_unknown(&e.to_string()),
-                    seq: 0,
-                }
+        }
+        Err(e) => {
+            metrics::event(metrics::RESULT_UNAVAILABLE);
+            tracing::warn!(event_id = %record.event_id, kpi = %record.kpi, error = %e, "storing event failed");
+            Outcome {
+                event_id: record.event_id,
+                status: EventStatus::Unavailable,
+                reason: outcome_unknown(&e.to_string()),
+                seq: 0,
             }
         }
     }

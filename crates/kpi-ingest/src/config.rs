@@ -80,7 +80,7 @@ pub struct IngestArgs {
     #[arg(long, env = "KPI_MAX_BATCH", default_value_t = 10_000)]
     pub max_batch: usize,
 
-    /// Most events being stored at once per PublishStream (and per Publish batch).
+    /// Most events being stored at once per PublishStream (and NDJSON lines per store).
     #[arg(long, env = "KPI_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
 
@@ -108,6 +108,12 @@ pub struct IngestArgs {
     /// Concurrent Ingest calls in all; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "KPI_MAX_CALLS", default_value_t = 1024)]
     pub max_calls: usize,
+
+    /// Event ids this process remembers storing (about 32 bytes each), so a
+    /// retry through it is answered DUPLICATE; others are answered ACCEPTED
+    /// and still counted once.
+    #[arg(long, env = "KPI_RECENT_IDS", default_value_t = 2_000_000)]
+    pub recent_ids: usize,
 }
 
 impl IngestArgs {
@@ -160,6 +166,7 @@ impl IngestArgs {
             kpi_idle: Duration::from_secs(self.kpi_idle_secs),
             max_calls_per_connection: self.max_calls_per_connection,
             max_calls: self.max_calls,
+            recent_ids: self.recent_ids,
         };
         settings.validate()?;
         Ok(settings)
@@ -213,7 +220,7 @@ pub struct IngestSettings {
     pub tls: Option<TlsFiles>,
     /// Most events accepted in one Publish call.
     pub max_batch: usize,
-    /// Most stores in flight per PublishStream and per Publish batch.
+    /// Most stores in flight per PublishStream; NDJSON lines stored at once.
     pub max_in_flight: usize,
     /// On shutdown, how long in-flight calls may take before `run` returns anyway.
     pub drain_grace: Duration,
@@ -227,6 +234,8 @@ pub struct IngestSettings {
     /// Concurrent calls per connection, and in all.
     pub max_calls_per_connection: u32,
     pub max_calls: usize,
+    /// Event ids remembered as stored by this process (see `recent.rs`).
+    pub recent_ids: usize,
 }
 
 impl Default for IngestSettings {
@@ -246,6 +255,7 @@ impl Default for IngestSettings {
             kpi_idle: Duration::from_secs(90_000),
             max_calls_per_connection: 64,
             max_calls: 1024,
+            recent_ids: 2_000_000,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod http;
 pub mod metrics;
 pub mod otlp;
 pub mod publishers;
+pub mod recent;
 pub mod server;
 pub mod service;
 pub mod validate;

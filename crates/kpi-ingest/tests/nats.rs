@@ -1,4 +1,4 @@
-//! Ingest against a real nats-server: JetStream suppresses a repeated event_id.
+//! Ingest against a real nats-server: a repeated event_id is answered DUPLICATE through the same ingest, stored again through another.
 
 mod common;
 
@@ -73,6 +73,80 @@ async fn jetstream_stores_a_repeated_event_id_once() {
     let (status, _) = kpi_test_support::http_get(&h.http_url("/readyz")).await;
     assert_eq!(status, 200);
     h.shutdown.trigger();
+    drop(nats);
+}
+
+/// Ingest stores a call's events in batch messages, so JetStream no longer
+/// knows single ids: a retry through another ingest process (or after a
+/// restart) is stored again and answered STORED (the aggregator counts it
+/// once: `kpi-stack/tests/exactly_once.rs`), while a retry through the same
+/// process is still answered DUPLICATE from its table of recent ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_duplicate_through_the_same_ingest_and_stored_through_another() {
+    let (nats, first) = on_nats().await;
+    let bus = Bus::connect_nats(&nats.url(), BusConfig::default())
+        .await
+        .expect("connect to NATS");
+    let second = Harness::start_on(bus, IngestSettings::default()).await;
+    let batch = |ids: &[&str]| PublishRequest {
+        events: ids.iter().map(|id| event(id, "twice_kpi", 1.0)).collect(),
+    };
+    let mut c1 = first.client().await;
+    let mut c2 = second.client().await;
+    let stored = c1
+        .publish(batch(&["t-1", "t-2", "t-3"]))
+        .await
+        .expect("publish")
+        .into_inner();
+    assert_eq!(stored.accepted, 3);
+
+    let same = c1
+        .publish(batch(&["t-3", "t-1", "t-4"]))
+        .await
+        .expect("publish")
+        .into_inner();
+    let statuses: Vec<EventStatus> = same.results.iter().map(|r| r.status()).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            EventStatus::Duplicate,
+            EventStatus::Duplicate,
+            EventStatus::Stored
+        ]
+    );
+    assert_eq!(
+        same.results[0].seq, stored.results[2].seq,
+        "the original's seq"
+    );
+
+    let other = c2
+        .publish(batch(&["t-2", "t-1"]))
+        .await
+        .expect("publish")
+        .into_inner();
+    assert_eq!((other.accepted, other.duplicates), (2, 0));
+    // Three messages: the first batch, "t-4" alone, and the copies.
+    let log = first.read_events("twice_kpi", 6).await;
+    let ids: Vec<&str> = log
+        .iter()
+        .map(|s| s.record.as_ref().expect("decodes").event_id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["t-1", "t-2", "t-3", "t-4", "t-2", "t-1"]);
+
+    // The same id twice in one call: stored once, the second a duplicate.
+    let twice = c2
+        .publish(batch(&["t-5", "t-5"]))
+        .await
+        .expect("publish")
+        .into_inner();
+    let statuses: Vec<EventStatus> = twice.results.iter().map(|r| r.status()).collect();
+    assert_eq!(statuses, vec![EventStatus::Stored, EventStatus::Duplicate]);
+    assert!(
+        first.no_more_events("twice_kpi", 7).await,
+        "a copy from one call reached the log"
+    );
+    first.shutdown.trigger();
+    second.shutdown.trigger();
     drop(nats);
 }
 

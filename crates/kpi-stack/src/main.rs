@@ -199,6 +199,8 @@ mod tests {
             "tok",
             "--lateness-minute-secs",
             "7",
+            "--recent-ids",
+            "1000",
         ])
         .expect("parse");
         let s = cli.settings().expect("valid");
@@ -207,5 +209,6 @@ mod tests {
         assert_eq!(s.gateway.max_connections_per_ip_per_sec, 3);
         assert_eq!(s.ingest.publisher_token.as_deref(), Some("tok"));
         assert_eq!(s.aggregator.lateness.minute, Duration::from_secs(7));
+        assert_eq!(s.ingest.recent_ids, 1000);
     }
 }

@@ -313,6 +313,50 @@ async fn ingest_killed_while_publisher_retries_counts_each_event_once() {
     }
 }
 
+/// Ingest stores many events per JetStream message, so only the aggregator
+/// can tell copies apart: the same ids sent through two ingest processes
+/// (each storing them in batches of its own) count once, and so do copies
+/// stored while the aggregator is down after a checkpoint (the checkpoint
+/// does not hold the ids; the restarted aggregator rebuilds them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_ids_through_two_ingest_processes_count_once_even_across_an_aggregator_kill() {
+    let nats = NatsServer::start();
+    let mut s = services(&nats.url(), 1, 1).await;
+    let mut other_args = s.ingest_args.clone();
+    let other_port = free_port();
+    other_args[1] = format!("127.0.0.1:{other_port}");
+    other_args[3] = format!("127.0.0.1:{}", free_port());
+    let _other = spawn_args("kpi-ingest", &other_args, &nats.url());
+    let evs = events(3_000, 10, "twice");
+    let mut truth = Truth::default();
+    evs.iter().for_each(|e| truth.add(e));
+    let reversed: Vec<Event> = evs.iter().rev().cloned().collect();
+    publish_all(s.grpc_port, &evs).await;
+    publish_all(other_port, &reversed).await;
+    if let Err(diff) = converges(&s.gw, &truth, Duration::from_secs(60)).await {
+        panic!("copies through a second ingest counted again:\n{diff}");
+    }
+
+    // Checkpoints every 300 ms: one covers everything by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (agg, args) = &mut s.aggregators[0];
+    agg.kill();
+    let mut rotated = evs.clone();
+    rotated.rotate_left(777);
+    publish_all(other_port, &rotated).await;
+    *agg = spawn_args("kpi-aggregator", args, &nats.url());
+    // Something new after the copies, so converging means they were read.
+    let fresh = events(10, 1, "fresh");
+    fresh.iter().for_each(|e| truth.add(e));
+    publish_all(s.grpc_port, &fresh).await;
+    if let Err(diff) = converges(&s.gw, &truth, Duration::from_secs(60)).await {
+        panic!(
+            "copies stored while the aggregator was down counted again:\n{diff}\naggregator log:\n{}",
+            s.aggregators[0].0.logs()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_aggregator_replicas_give_the_results_of_one() {
     let nats = NatsServer::start();
