@@ -10,6 +10,7 @@ pub mod config;
 pub mod metrics;
 pub mod server;
 pub mod state;
+pub mod store_policy;
 pub mod threshold;
 pub mod worker;
 
