@@ -91,7 +91,7 @@ struct TopicState {
     #[serde(default)]
     rendered: Stats,
     /// What of this topic is stored, for the store policy.
-    #[serde(default)]
+    #[serde(default = "StoreMark::owed")]
     store: StoreMark,
     /// `updated_at` and `event_time` of the newest render while it is not
     /// stored, so its trailing store is that very message again.
@@ -583,13 +583,18 @@ impl TopicState {
     /// after that render and hold an older stored one; the others drop it
     /// by its seq. Threshold-held changes since stay held: the message is
     /// rebuilt from what was rendered, not from the buckets' values now.
+    ///
+    /// A topic from a checkpoint of a version that stored every render
+    /// elsewhere has no record of its newest render: it is rebuilt from
+    /// what was rendered, stamped now, under the seq raised after the
+    /// restart.
     fn store_newest(&mut self, now: DateTime<Utc>, out: &mut Vec<Outgoing>) {
         self.store.stored(now.timestamp_millis());
-        let (Some(shown), Some(at)) = (self.shown, self.rendered_at.take()) else {
-            // No newest render to repeat (the seq was raised after a
-            // restart): the bus holds the latest contents already.
+        let Some(shown) = self.shown else {
             return;
         };
+        let at = self.rendered_at.take().unwrap_or(now);
+        let event_time = self.rendered_event_time.take().or(self.last_event_time);
         let m = UpdateMessage {
             kind: UpdateKind::Update,
             kpi: self.code.clone(),
@@ -598,7 +603,7 @@ impl TopicState {
             bucket_start: secs_to_time(shown),
             stats: self.rendered.view(),
             previous: self.previous_of(shown),
-            event_time: self.rendered_event_time.take(),
+            event_time,
             updated_at: at,
             correction: false,
         };

@@ -69,8 +69,7 @@ impl StorePolicy {
     }
 }
 
-/// A topic's store bookkeeping, checkpointed with it. The defaults are what
-/// a checkpoint written before the policy existed means: everything stored.
+/// A topic's store bookkeeping, checkpointed with it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreMark {
     /// Seqs rendered since the last stored one; 0 = the newest is stored.
@@ -82,6 +81,16 @@ pub struct StoreMark {
 }
 
 impl StoreMark {
+    /// A topic from a checkpoint written before the policy existed: its
+    /// updates were stored on a subject no longer read, so it owes a store
+    /// at once.
+    pub fn owed() -> Self {
+        StoreMark {
+            unstored: 1,
+            stored_at_ms: 0,
+        }
+    }
+
     pub fn stored(&mut self, now_ms: i64) {
         self.unstored = 0;
         self.stored_at_ms = now_ms;

@@ -167,6 +167,44 @@ fn a_restart_continues_above_what_may_have_gone_out_live() {
     assert!(next > 50, "a seq already published live came again");
 }
 
+/// A checkpoint written before the store policy: it loads, and each topic
+/// is stored again at the first render (its old stored copies are on a
+/// subject no longer read), under the seq raised after the restart.
+#[test]
+fn a_checkpoint_from_before_the_store_policy_stores_every_topic_again() {
+    let mut st = state(StorePolicy::every_render());
+    let l = Lateness::default();
+    st.apply(1, &event(1, "old", 3.0, at(1_000)), &l);
+    st.render(at(1_000), &ThresholdPolicy::default());
+    let mut raw: serde_json::Value = serde_json::from_slice(&st.to_json()).expect("json");
+    for ts in raw["topics"].as_object_mut().expect("topics").values_mut() {
+        let ts = ts.as_object_mut().expect("topic");
+        assert!(ts.remove("store").is_some(), "the field this test removes");
+    }
+    let mut old = PartitionState::from_json(&serde_json::to_vec(&raw).expect("json"))
+        .expect("an old checkpoint loads");
+    old.set_store_policy(StorePolicy::new(Duration::from_millis(1000)));
+    let topic = minute("old");
+    old.resume_seq(&topic, None);
+    let out = old.render(at(1_100), &ThresholdPolicy::default());
+    let stored: Vec<&UpdateMessage> = out
+        .iter()
+        .filter_map(|o| match o {
+            Outgoing::Update(_, m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stored.len(), 3, "one per period: {out:?}");
+    let m = stored
+        .iter()
+        .find(|m| m.period == Period::Minute)
+        .expect("minute");
+    assert_eq!((m.seq, m.stats.count), (1 + STORE_EVERY, 1));
+    assert!(old
+        .render(at(1_200), &ThresholdPolicy::default())
+        .is_empty());
+}
+
 mod properties {
     use super::*;
 
