@@ -221,6 +221,12 @@ impl PartitionState {
         self.store = store;
     }
 
+    /// Makes the next render look at every topic, as after a load: after
+    /// a change of store policy, trailing stores are due at other times.
+    pub fn rescan(&mut self) {
+        self.scanned = None;
+    }
+
     /// Raises a topic's seq to at least `seq`, the last one stored on the
     /// bus, for a topic whose final render this process stored before it
     /// evicted the topic: nothing newer than the bus holds went out.

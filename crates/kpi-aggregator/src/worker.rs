@@ -241,6 +241,11 @@ impl Worker {
             self.published(done);
         }
         if self.caught_up {
+            // Whatever is owed a store is stored now, not at the next
+            // start: while no aggregator runs, gateways read the stored
+            // latest, which must then be the newest.
+            self.state.set_store_policy(StorePolicy::every_render());
+            self.state.rescan();
             self.start_publish().await;
             if let Some(f) = self.in_flight.take() {
                 let done = f.await;

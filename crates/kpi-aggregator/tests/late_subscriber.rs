@@ -117,3 +117,31 @@ async fn on_nats() {
     .expect("bus on nats");
     a_late_subscriber_gets_the_current_value(bus).await;
 }
+
+/// A clean stop stores what is owed: while no aggregator runs, the stored
+/// latest (what a gateway taking the topic up reads) is the newest.
+#[tokio::test]
+async fn a_clean_stop_stores_the_newest_update() {
+    let bus = Bus::memory(BusConfig {
+        partitions: 1,
+        ..BusConfig::default()
+    });
+    let kpi = KpiCode::parse("stopping").expect("code");
+    let topic = Topic::new(kpi.clone(), Period::Day);
+    let mut sub = bus.subscribe_updates(&topic).await.expect("subscribe");
+    let (sd, h) = start(&bus, settings()).await;
+    append(&bus, &kpi, 0, 10).await;
+    live_count(&mut sub, 10).await;
+    append(&bus, &kpi, 10, 5).await;
+    let newest = live_count(&mut sub, 15).await;
+    let stored = |raw: Option<bytes::Bytes>| {
+        UpdateMessage::from_json(&raw.expect("stored")).expect("valid update")
+    };
+    assert!(
+        stored(bus.last_update(&topic).await.expect("bus")).seq < newest.seq,
+        "the newest is stored already: nothing to show"
+    );
+    sd.trigger();
+    h.await.expect("clean stop");
+    assert_eq!(stored(bus.last_update(&topic).await.expect("bus")), newest);
+}
