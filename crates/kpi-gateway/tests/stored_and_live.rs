@@ -70,3 +70,26 @@ async fn live_only_updates_trailing_stores_and_a_seq_jump_reach_a_client_once_ea
     );
     gw.stop().await;
 }
+
+/// A client that saw live updates on another gateway resumes here, where
+/// the topic is taken up from the stored updates, which trail the live
+/// ones: it gets no older value, only what comes after what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_ahead_of_the_stored_updates_never_goes_back() {
+    let gw = start(settings()).await;
+    let t = topic("failed_over", Period::Minute);
+    gw.bus
+        .publish_all(&[stored(&t, 1), live(&t, 2), live(&t, 3)])
+        .await
+        .unwrap();
+    let mut ws = gw.ws("/ws/kpi/failed_over?since=3").await;
+    // The trailing store of 3: the client holds it already.
+    gw.bus.publish_all(&[stored(&t, 3)]).await.unwrap();
+    gw.bus.publish_all(&[live(&t, 4)]).await.unwrap();
+    let m = recv(&mut ws).await;
+    assert_eq!((m["type"].as_str(), seq(&m)), (Some("update"), 4));
+    if let Some(extra) = try_recv(&mut ws, Duration::from_millis(300)).await {
+        panic!("unexpected message {extra}");
+    }
+    gw.stop().await;
+}
