@@ -146,16 +146,18 @@ async fn watch(
         // Per subject, the newest seq seen: a trailing store repeats the
         // newest update up to a store interval later, and counting its age
         // would charge the pipeline with a lag no client sees.
-        let mut newest: std::collections::HashMap<async_nats::Subject, u64> = Default::default();
+        let mut newest: std::collections::HashMap<String, u64> = Default::default();
         while let Some(m) = all.next().await {
             let Ok(stamp) = serde_json::from_slice::<Stamp>(&m.payload) else {
                 continue;
             };
-            let seen = newest.entry(m.subject).or_default();
-            if stamp.seq <= *seen {
-                continue;
+            match newest.get_mut(m.subject.as_str()) {
+                Some(seen) if stamp.seq <= *seen => continue,
+                Some(seen) => *seen = stamp.seq,
+                None => {
+                    newest.insert(m.subject.to_string(), stamp.seq);
+                }
             }
-            *seen = stamp.seq;
             Counters::add(&counters.read, 1);
             if let Some(t) = stamp.event_time {
                 lag.record_since(t.timestamp_micros());
