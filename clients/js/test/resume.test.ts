@@ -83,3 +83,22 @@ test("SSE streams and polls carry since, and the poller resumes after the last m
   assert.equal(again.searchParams.get("encoding"), "delta");
   c2.close();
 });
+
+test("a seq jump (an aggregator restart continues above what it may have sent) is a newer message: applied, no resubscribe, patches follow it", () => {
+  const t = testEnv();
+  const c = new KpiStream({ env: t.env, cache: false, transports: ["ws"] });
+  const got: number[] = [];
+  c.subscribe("sales", "minute", (m) => got.push(m.seq), { encoding: "delta" });
+  const ws = FakeWebSocket.last();
+  ws.open();
+  ws.receive({ ...data(4, 1), type: "snapshot" });
+  ws.receive(data(5, 2));
+  // A trailing store repeats what the client holds: skipped.
+  ws.receive(data(5, 2));
+  ws.receive(data(38, 3));
+  ws.receive({ type: "patch", kpi: "sales", period: "minute", base_seq: 38, seq: 39, patch: { seq: 39, stats: { last: 4 } } });
+  assert.deepEqual(got, [4, 5, 38, 39]);
+  assert.equal(ws.sentOf("subscribe").length, 1, "the jump made the client subscribe again");
+  assert.ok(!c.log.some((e) => e.ev === "patch-miss" || e.ev === "reset"));
+  c.close();
+});

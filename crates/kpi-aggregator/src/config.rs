@@ -50,6 +50,10 @@ pub struct AggregatorSettings {
     pub replica_count: u32,
     /// Updates of one KPI and period are published at most once per interval; zero publishes after every event.
     pub coalesce: Duration,
+    /// Every update goes out live; a changing topic's update is also stored
+    /// at least once per this interval (and on bucket boundaries, and every
+    /// [`crate::store_policy::STORE_EVERY`] seqs); zero stores every update.
+    pub store_interval: Duration,
     pub checkpoint_interval: Duration,
     pub lateness: Lateness,
     /// Per-KPI publish thresholds (default: publish every change).
@@ -67,6 +71,7 @@ impl Default for AggregatorSettings {
             replica_index: 0,
             replica_count: 1,
             coalesce: Duration::from_millis(100),
+            store_interval: Duration::from_millis(1000),
             checkpoint_interval: Duration::from_secs(1),
             lateness: Lateness::default(),
             thresholds: Default::default(),
@@ -150,6 +155,11 @@ pub struct AggregatorArgs {
     /// Coalescing interval in milliseconds (0 = publish after every event).
     #[arg(long, env = "KPI_COALESCE_MS", default_value_t = 100)]
     pub coalesce_ms: u64,
+    /// Store a changing KPI period's update at least this often, in
+    /// milliseconds (every update goes out live; bucket boundaries are
+    /// always stored; 0 = store every update).
+    #[arg(long, env = "KPI_STORE_INTERVAL_MS", default_value_t = 1000)]
+    pub store_interval_ms: u64,
     #[arg(long, env = "KPI_CHECKPOINT_MS", default_value_t = 1000)]
     pub checkpoint_ms: u64,
     #[arg(long, env = "KPI_LATENESS_MINUTE_SECS", default_value_t = 120)]
@@ -181,6 +191,7 @@ impl AggregatorArgs {
                 .map_err(|e| ConfigError::new("--replica-index", e))?,
             replica_count: self.replica_count,
             coalesce: Duration::from_millis(self.coalesce_ms),
+            store_interval: Duration::from_millis(self.store_interval_ms),
             checkpoint_interval: Duration::from_millis(self.checkpoint_ms),
             lateness: Lateness {
                 minute: Duration::from_secs(self.lateness_minute_secs),

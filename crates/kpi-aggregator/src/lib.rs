@@ -11,6 +11,7 @@ pub mod dedupe;
 pub mod metrics;
 pub mod server;
 pub mod state;
+pub mod store_policy;
 pub mod threshold;
 pub mod worker;
 

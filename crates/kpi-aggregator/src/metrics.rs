@@ -15,7 +15,10 @@ pub const CHECKPOINT_BYTES: &str = "kpi_aggregator_checkpoint_bytes";
 /// restarted.
 pub const EVENTS_DUPLICATE: &str = "kpi_aggregator_events_duplicate_total";
 pub const EVENTS_UNDECODABLE: &str = "kpi_aggregator_events_undecodable_total";
+/// Updates sent live, stored or not (a trailing store counts again).
 pub const UPDATES_PUBLISHED: &str = "kpi_aggregator_updates_published_total";
+/// Of those, the ones also stored on the bus (the store policy's share).
+pub const UPDATES_STORED: &str = "kpi_aggregator_updates_stored_total";
 pub const PUBLISH_FAILURES: &str = "kpi_aggregator_publish_failures_total";
 pub const PUBLISH_SECONDS: &str = "kpi_aggregator_publish_seconds";
 pub const CHECKPOINT_AGE: &str = "kpi_aggregator_checkpoint_age_seconds";

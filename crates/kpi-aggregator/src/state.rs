@@ -9,6 +9,7 @@ use kpi_core::{EventRecord, Period, Stats, Topic, UpdateKind, UpdateMessage};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Lateness;
+use crate::store_policy::{StoreMark, StorePolicy, STORE_EVERY};
 use crate::threshold::ThresholdPolicy;
 
 /// Buckets this much older than the lateness horizon are dropped from memory.
@@ -42,6 +43,16 @@ pub struct PartitionState {
     /// bucket may have closed anywhere and the render looks at every topic.
     #[serde(skip)]
     scanned: Option<[i64; 3]>,
+    /// (trailing store deadline in Unix ms, key) of topics whose newest
+    /// render was not stored: a render adds the ones due to `pending`.
+    /// Entries of topics stored since are skipped when they come due. Not
+    /// saved: rebuilt by the full scan of a loaded state's first render.
+    #[serde(skip)]
+    trailing: BTreeSet<(i64, String)>,
+    /// Which renders are stored as well as published live. Configuration,
+    /// not state: set by the worker after loading; every render by default.
+    #[serde(skip)]
+    store: StorePolicy,
 }
 
 /// The checkpointed state; the render index is derived and left out.
@@ -79,6 +90,23 @@ struct TopicState {
     /// The current bucket's stats as last rendered, for threshold policies.
     #[serde(default)]
     rendered: Stats,
+    /// What of this topic is stored, for the store policy.
+    #[serde(default = "StoreMark::owed")]
+    store: StoreMark,
+    /// `updated_at` and `event_time` of the newest render while it is not
+    /// stored, so its trailing store is that very message again.
+    #[serde(
+        default,
+        with = "kpi_core::time::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    rendered_at: Option<DateTime<Utc>>,
+    #[serde(
+        default,
+        with = "kpi_core::time::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    rendered_event_time: Option<DateTime<Utc>>,
 }
 
 /// What one event did, per period.
@@ -94,7 +122,10 @@ pub struct Applied {
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
-    /// To `kpi.updates.<code>.<period>`, live and stored.
+    /// To `kpi.updates.<code>.<period>` only: a render the store policy
+    /// does not store.
+    Live(Topic, UpdateMessage),
+    /// Stored on `kpi.stored.<code>.<period>`, then published live.
     Update(Topic, UpdateMessage),
     /// A closed bucket's final value, to `kpi.history.<code>.<period>`.
     History(Topic, UpdateMessage),
@@ -185,13 +216,27 @@ impl PartitionState {
     /// Looks at the same topics that render would: the pending ones, or all
     /// of them when a bucket boundary passed.
     pub fn due(&self, now: DateTime<Utc>, policy: &ThresholdPolicy) -> Vec<Topic> {
+        let store = &self.store;
         let due = |ts: &TopicState| {
-            ts.is_due(now, policy)
+            ts.is_due(now, policy, store)
                 .then(|| Topic::new(ts.code.clone(), ts.period))
         };
         if !self.boundary_passed(now) {
-            self.pending
-                .iter()
+            let now_ms = now.timestamp_millis();
+            let mut keys: Vec<&str> = self.pending.iter().map(String::as_str).collect();
+            let before = keys.len();
+            keys.extend(
+                self.trailing
+                    .iter()
+                    .take_while(|(at, _)| *at <= now_ms)
+                    .map(|(_, k)| k.as_str()),
+            );
+            if keys.len() > before {
+                // In key order, as render goes through them.
+                keys.sort_unstable();
+                keys.dedup();
+            }
+            keys.into_iter()
                 .filter_map(|k| self.topics.get(k))
                 .filter_map(due)
                 .collect()
@@ -200,11 +245,47 @@ impl PartitionState {
         }
     }
 
-    /// Raises a topic's seq to at least `seq` (the last one found on the bus
-    /// after a restart), so clients never see a seq go backwards.
+    /// Which renders are stored as well as published live.
+    pub fn set_store_policy(&mut self, store: StorePolicy) {
+        self.store = store;
+    }
+
+    /// Makes the next render look at every topic, as after a load: after
+    /// a change of store policy, trailing stores are due at other times.
+    pub fn rescan(&mut self) {
+        self.scanned = None;
+    }
+
+    /// Raises a topic's seq to at least `seq`, the last one stored on the
+    /// bus, for a topic whose final render this process stored before it
+    /// evicted the topic: nothing newer than the bus holds went out.
     pub fn bump_seq(&mut self, topic: &Topic, seq: u64) {
         if let Some(ts) = self.topics.get_mut(&key(&topic.code, topic.period)) {
             ts.seq = ts.seq.max(seq);
+        }
+    }
+
+    /// Continues a topic's seq after a restart. The previous process may
+    /// have published up to `STORE_EVERY - 1` renders live past the last
+    /// one stored (`last_stored`; `None` when the bus holds none), so the
+    /// seq is raised above that, and the next render is stored: no seq is
+    /// ever published twice with different contents, and a later restart
+    /// finds this one's seqs on the bus.
+    pub fn resume_seq(&mut self, topic: &Topic, last_stored: Option<u64>) {
+        let Some(ts) = self.topics.get_mut(&key(&topic.code, topic.period)) else {
+            return;
+        };
+        let above = match last_stored {
+            Some(seq) => seq,
+            // Nothing stored yet a seq in the checkpoint: the stored copy
+            // is gone (limits, or an upgrade that moved the stored subject).
+            None if ts.seq > 0 => ts.seq,
+            None => return,
+        };
+        let seq = above.saturating_add(STORE_EVERY);
+        if seq > ts.seq {
+            ts.seq = seq;
+            ts.store.stored_at_ms = i64::MIN;
         }
     }
 
@@ -231,19 +312,34 @@ impl PartitionState {
         everything: bool,
     ) -> Vec<Outgoing> {
         let mut out = Vec::new();
+        let now_ms = now.timestamp_millis();
         let PartitionState {
-            topics, pending, ..
+            topics,
+            pending,
+            trailing,
+            store,
+            ..
         } = self;
         if everything {
-            for ts in topics.values_mut() {
-                if ts.is_due(now, policy) {
-                    ts.render(now, &mut out);
+            trailing.clear();
+            for (k, ts) in topics.iter_mut() {
+                ts.publish(now, policy, store, &mut out);
+                if ts.store.unstored > 0 {
+                    trailing.insert((store.deadline(&ts.store), k.clone()));
                 }
             }
         } else {
+            while trailing.first().is_some_and(|(at, _)| *at <= now_ms) {
+                if let Some((_, k)) = trailing.pop_first() {
+                    pending.insert(k);
+                }
+            }
             for k in pending.iter() {
-                if let Some(ts) = topics.get_mut(k).filter(|ts| ts.is_due(now, policy)) {
-                    ts.render(now, &mut out);
+                if let Some(ts) = topics.get_mut(k) {
+                    ts.publish(now, policy, store, &mut out);
+                    if ts.store.unstored > 0 {
+                        trailing.insert((store.deadline(&ts.store), k.clone()));
+                    }
                 }
             }
         }
@@ -284,12 +380,15 @@ impl PartitionState {
         let mut gone = Vec::new();
         self.topics.retain(|k, ts| {
             let horizon = watermark - final_age(ts.period, lateness);
+            // A topic whose newest render is not stored stays for its
+            // trailing store: once evicted, its seq is read from the bus.
             let evict = watermark.saturating_sub(ts.last_received) >= idle
                 && !ts.dirty
                 && ts.changed.is_empty()
+                && ts.store.unstored == 0
                 && !self.pending.contains(k)
                 && ts.buckets.keys().next_back().is_none_or(|b| *b < horizon)
-                && !ts.is_due(now, policy);
+                && !ts.is_due(now, policy, &self.store);
             if evict {
                 gone.push(Topic::new(ts.code.clone(), ts.period));
             }
@@ -368,6 +467,9 @@ impl TopicState {
             dirty: false,
             changed: BTreeSet::new(),
             rendered: Stats::default(),
+            store: StoreMark::default(),
+            rendered_at: None,
+            rendered_event_time: None,
         }
     }
 
@@ -379,7 +481,28 @@ impl TopicState {
         self.period.bucket_start_secs(now)
     }
 
-    fn is_due(&self, now: DateTime<Utc>, policy: &ThresholdPolicy) -> bool {
+    /// Whether a render at `now` publishes anything for this topic: a new
+    /// render, or a trailing store of the newest one.
+    fn is_due(&self, now: DateTime<Utc>, policy: &ThresholdPolicy, store: &StorePolicy) -> bool {
+        self.is_due_render(now, policy) || store.trailing_due(&self.store, now.timestamp_millis())
+    }
+
+    /// A new render, or a trailing store of the newest, or nothing.
+    fn publish(
+        &mut self,
+        now: DateTime<Utc>,
+        policy: &ThresholdPolicy,
+        store: &StorePolicy,
+        out: &mut Vec<Outgoing>,
+    ) {
+        if self.is_due_render(now, policy) {
+            self.render(now, store, out);
+        } else if store.trailing_due(&self.store, now.timestamp_millis()) {
+            self.store_newest(now, out);
+        }
+    }
+
+    fn is_due_render(&self, now: DateTime<Utc>, policy: &ThresholdPolicy) -> bool {
         let current = self.current(now);
         if self
             .changed
@@ -440,9 +563,10 @@ impl TopicState {
         }
     }
 
-    fn render(&mut self, now: DateTime<Utc>, out: &mut Vec<Outgoing>) {
+    fn render(&mut self, now: DateTime<Utc>, store: &StorePolicy, out: &mut Vec<Outgoing>) {
         let topic = Topic::new(self.code.clone(), self.period);
         let current = self.current(now);
+        let rendered_before = out.len();
         for start in std::mem::take(&mut self.changed) {
             // A bucket ahead of the clock waits until the clock reaches it.
             if start > current {
@@ -467,11 +591,61 @@ impl TopicState {
                 ));
             }
         }
+        // A closed or corrected bucket, or a new current one, is stored
+        // whatever the interval: history readers and a restart need it.
+        let boundary = out.len() > rendered_before || self.shown != Some(current);
+        let now_ms = now.timestamp_millis();
         self.seq += 1;
-        out.push(Outgoing::Update(topic, self.message(current, now, false)));
+        let m = self.message(current, now, false);
+        if store.stores(&self.store, now_ms, boundary) {
+            self.store.stored(now_ms);
+            self.rendered_at = None;
+            self.rendered_event_time = None;
+            out.push(Outgoing::Update(topic, m));
+        } else {
+            self.store.live_only();
+            self.rendered_at = Some(now);
+            self.rendered_event_time = self.last_event_time;
+            out.push(Outgoing::Live(topic, m));
+        }
         self.rendered = self.buckets.get(&current).copied().unwrap_or_default();
         self.shown = Some(current);
         self.dirty = false;
+    }
+
+    /// The trailing store: the newest render again, same seq and contents,
+    /// stored. It also goes out live, for gateways that took the topic up
+    /// after that render and hold an older stored one; the others drop it
+    /// by its seq. Threshold-held changes since stay held: the message is
+    /// rebuilt from what was rendered, not from the buckets' values now.
+    ///
+    /// A topic from a checkpoint of a version that stored every render
+    /// elsewhere has no record of its newest render: it is rebuilt from
+    /// what was rendered, stamped now, under the seq raised after the
+    /// restart.
+    fn store_newest(&mut self, now: DateTime<Utc>, out: &mut Vec<Outgoing>) {
+        self.store.stored(now.timestamp_millis());
+        let Some(shown) = self.shown else {
+            return;
+        };
+        let at = self.rendered_at.take().unwrap_or(now);
+        let event_time = self.rendered_event_time.take().or(self.last_event_time);
+        let m = UpdateMessage {
+            kind: UpdateKind::Update,
+            kpi: self.code.clone(),
+            period: self.period,
+            seq: self.seq,
+            bucket_start: secs_to_time(shown),
+            stats: self.rendered.view(),
+            previous: self.previous_of(shown),
+            event_time,
+            updated_at: at,
+            correction: false,
+        };
+        out.push(Outgoing::Update(
+            Topic::new(self.code.clone(), self.period),
+            m,
+        ));
     }
 }
 
@@ -647,7 +821,7 @@ mod tests {
         let out = st.render(base, &ThresholdPolicy::default());
         assert!(!out.is_empty());
         for o in &out {
-            let (Outgoing::Update(_, m) | Outgoing::History(_, m)) = o;
+            let (Outgoing::Live(_, m) | Outgoing::Update(_, m) | Outgoing::History(_, m)) = o;
             let s = &m.stats;
             assert!(s.count > 0);
             let fields = [Some(s.sum), s.avg, s.min, s.max, s.last];
@@ -726,15 +900,22 @@ mod tests {
             #![proptest_config(ProptestConfig::with_cases(256))]
 
             /// Looking only at the topics events changed since the last
-            /// render (between bucket boundaries) publishes exactly what
-            /// looking at every topic would.
+            /// render (between bucket boundaries) and at the trailing
+            /// stores that fell due publishes exactly what looking at every
+            /// topic would, whatever the store interval.
             #[test]
-            fn renders_the_same_as_scanning_every_topic(steps in prop::collection::vec(step(), 1..120)) {
+            fn renders_the_same_as_scanning_every_topic(
+                steps in prop::collection::vec(step(), 1..120),
+                store_secs in prop_oneof![Just(0u64), 1u64..120],
+            ) {
                 // A threshold on some codes, so changed-but-not-due topics occur.
                 let policy = ThresholdPolicy::parse("k1=50%,k3=2").expect("policy");
+                let store = StorePolicy::new(std::time::Duration::from_secs(store_secs));
                 let lateness = Lateness::default();
                 let mut fast = PartitionState::default();
                 let mut reference = PartitionState::default();
+                fast.set_store_policy(store);
+                reference.set_store_policy(store);
                 let mut clock = 0i64;
                 for (i, step) in steps.into_iter().enumerate() {
                     match step {
@@ -755,7 +936,7 @@ mod tests {
                             let mut rendered: Vec<Topic> = got
                                 .iter()
                                 .filter_map(|o| match o {
-                                    Outgoing::Update(t, _) => Some(t.clone()),
+                                    Outgoing::Live(t, _) | Outgoing::Update(t, _) => Some(t.clone()),
                                     Outgoing::History(..) => None,
                                 })
                                 .collect();
@@ -765,6 +946,7 @@ mod tests {
                         }
                         Step::Reload => {
                             fast = PartitionState::from_json(&fast.to_json()).expect("decode");
+                            fast.set_store_policy(store);
                         }
                     }
                 }

@@ -15,11 +15,14 @@ use crate::config::AggregatorSettings;
 use crate::dedupe::Dedupe;
 use crate::metrics as m;
 use crate::state::{Outgoing, PartitionState};
+use crate::store_policy::StorePolicy;
 
 /// At most one log line about late events per this interval.
 const LATE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause before retrying after the bus failed.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
+/// Evicted topics remembered for an exact seq when they return.
+const EVICTED_REMEMBERED: usize = 100_000;
 /// Events read ahead of the worker. When full, the reader waits: the log is
 /// the buffer, so nothing is dropped.
 const READ_AHEAD: usize = 1024;
@@ -48,6 +51,10 @@ pub struct Worker {
     caught_up: bool,
     /// Topics whose seq was checked against the bus since this process started.
     seq_synced: std::collections::HashSet<Topic>,
+    /// Topics this process evicted (their final render stored) and not seen
+    /// since: when one returns, its seq continues right after the bus's.
+    /// Bounded by [`EVICTED_REMEMBERED`]; a forgotten one only skips seqs.
+    evicted: std::collections::HashSet<Topic>,
     last_checkpoint: Instant,
     checkpointed_seq: u64,
     last_late_log: Instant,
@@ -64,6 +71,8 @@ pub struct Worker {
     /// awaited; nothing new is rendered and no checkpoint is taken until it
     /// is done, so at most one render is ever unacknowledged.
     in_flight: Option<Publishing>,
+    /// The render in flight stores something (it is not all live-only).
+    in_flight_stores: bool,
     /// A tick came while a render was in flight: render as soon as it is
     /// acknowledged instead of a whole interval later.
     render_wanted: bool,
@@ -104,6 +113,8 @@ impl Worker {
             },
             None => PartitionState::default(),
         };
+        let mut state = state;
+        state.set_store_policy(StorePolicy::new(settings.store_interval));
         tracing::info!(
             partition,
             applied_seq = state.applied_seq,
@@ -122,6 +133,7 @@ impl Worker {
             state,
             caught_up: false,
             seq_synced: Default::default(),
+            evicted: Default::default(),
             last_checkpoint: Instant::now(),
             last_late_log: Instant::now()
                 .checked_sub(LATE_LOG_INTERVAL)
@@ -131,6 +143,7 @@ impl Worker {
             publish_failures: 0,
             unsent: Vec::new(),
             in_flight: None,
+            in_flight_stores: false,
             render_wanted: false,
         })
     }
@@ -183,7 +196,7 @@ impl Worker {
                         // A due checkpoint goes first: it is taken when the
                         // render in flight is acknowledged.
                         self.render_wanted = self.caught_up;
-                        let hold = self.checkpoint_due() && self.in_flight.is_some();
+                        let hold = self.checkpoint_due() && self.awaiting_acks();
                         if self.caught_up && !hold {
                             self.start_publish().await;
                         }
@@ -248,6 +261,11 @@ impl Worker {
             self.published(done);
         }
         if self.caught_up {
+            // Whatever is owed a store is stored now, not at the next
+            // start: while no aggregator runs, gateways read the stored
+            // latest, which must then be the newest.
+            self.state.set_store_policy(StorePolicy::every_render());
+            self.state.rescan();
             self.start_publish().await;
             if let Some(f) = self.in_flight.take() {
                 let done = f.await;
@@ -403,13 +421,17 @@ impl Worker {
                 continue;
             }
             match self.bus.last_update(&topic).await {
-                Ok(Some(raw)) => {
-                    if let Ok(last) = UpdateMessage::from_json(&raw) {
-                        self.state.bump_seq(&topic, last.seq);
+                Ok(raw) => {
+                    let last = raw
+                        .and_then(|r| UpdateMessage::from_json(&r).ok())
+                        .map(|m| m.seq);
+                    if self.evicted.remove(&topic) {
+                        if let Some(seq) = last {
+                            self.state.bump_seq(&topic, seq);
+                        }
+                    } else {
+                        self.state.resume_seq(&topic, last);
                     }
-                    self.seq_synced.insert(topic);
-                }
-                Ok(None) => {
                     self.seq_synced.insert(topic);
                 }
                 Err(e) => {
@@ -427,6 +449,7 @@ impl Worker {
             return;
         }
         let items = std::mem::take(&mut self.unsent);
+        self.in_flight_stores = items.iter().any(Outbound::is_stored);
         let bus = self.bus.clone();
         self.in_flight = Some(Box::pin(async move {
             let started = Instant::now();
@@ -451,11 +474,16 @@ impl Worker {
             Ok(()) => items.len(),
             Err(p) => p.stored.min(items.len()),
         };
-        let updates = items[..stored]
-            .iter()
-            .filter(|o| matches!(o, Outbound::Update { .. }))
-            .count();
-        metrics::counter!(m::UPDATES_PUBLISHED).increment(updates as u64);
+        let (mut live, mut kept) = (0u64, 0u64);
+        for o in &items[..stored] {
+            match o {
+                Outbound::Live { .. } => live += 1,
+                Outbound::Update { .. } => kept += 1,
+                Outbound::History { .. } => {}
+            }
+        }
+        metrics::counter!(m::UPDATES_PUBLISHED).increment(live + kept);
+        metrics::counter!(m::UPDATES_STORED).increment(kept);
         items.drain(..stored);
         self.unsent = items;
         match result {
@@ -483,6 +511,12 @@ impl Worker {
         }
     }
 
+    /// Whether a rendered message the bus stores is not acknowledged yet.
+    fn awaiting_acks(&self) -> bool {
+        self.in_flight.is_some() && self.in_flight_stores
+            || self.unsent.iter().any(Outbound::is_stored)
+    }
+
     fn checkpoint_due(&self) -> bool {
         self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval
     }
@@ -501,8 +535,10 @@ impl Worker {
         // Rendered messages the bus has not acknowledged are only in
         // `unsent` or in flight; a checkpoint now would mark them published,
         // and a crash would lose them for good. The previous checkpoint plus
-        // replay renders them again.
-        if !self.unsent.is_empty() || self.in_flight.is_some() {
+        // replay renders them again. Live-only ones are never acknowledged:
+        // one lost in a crash is made good by its topic's trailing store,
+        // which the checkpoint records as owed.
+        if self.awaiting_acks() {
             return;
         }
         // The state holds part of a message that `applied_seq` does not
@@ -522,6 +558,10 @@ impl Worker {
             // Checked against the bus again when it returns, so its seq
             // continues where it stopped.
             self.seq_synced.remove(&topic);
+            if self.evicted.len() >= EVICTED_REMEMBERED {
+                self.evicted.clear();
+            }
+            self.evicted.insert(topic);
         }
         let labels = [("partition", self.partition.to_string())];
         metrics::gauge!(m::TOPICS, &labels).set(self.state.topic_count() as f64);
@@ -553,6 +593,10 @@ impl Worker {
 /// record is identified by topic, bucket and seq, so a retry stores it once.
 fn outbound(o: Outgoing) -> Outbound {
     match o {
+        Outgoing::Live(topic, msg) => Outbound::Live {
+            topic,
+            payload: Bytes::from(msg.to_json()),
+        },
         Outgoing::Update(topic, msg) => Outbound::Update {
             topic,
             payload: Bytes::from(msg.to_json()),

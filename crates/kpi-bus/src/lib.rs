@@ -57,8 +57,12 @@ pub enum Live {
 /// A message the aggregator publishes with [`Bus::publish_all`].
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A live update, stored in the topic's bounded update history. A retry
-    /// may store it twice; readers order and deduplicate by its `seq`.
+    /// An update for live subscribers only: not stored, not acknowledged.
+    /// `last_update` and `recent_updates` never return it.
+    Live { topic: Topic, payload: Bytes },
+    /// An update stored in the topic's bounded update history and, once
+    /// stored, published to live subscribers. A retry may store it twice;
+    /// readers order and deduplicate by its `seq`.
     Update { topic: Topic, payload: Bytes },
     /// A closed bucket's record (an `UpdateMessage`); the history keeps the
     /// latest record of each bucket. `id` identifies it across retries.
@@ -72,8 +76,16 @@ pub enum Outbound {
 impl Outbound {
     pub fn topic(&self) -> &Topic {
         match self {
-            Outbound::Update { topic, .. } | Outbound::History { topic, .. } => topic,
+            Outbound::Live { topic, .. }
+            | Outbound::Update { topic, .. }
+            | Outbound::History { topic, .. } => topic,
         }
+    }
+
+    /// Whether the bus stores it (and so acknowledges it): everything but
+    /// [`Outbound::Live`].
+    pub fn is_stored(&self) -> bool {
+        !matches!(self, Outbound::Live { .. })
     }
 }
 
@@ -165,8 +177,8 @@ impl Bus {
         }
     }
 
-    /// Publishes an update to the topic's live subscribers and stores it in
-    /// the topic's bounded history; returns once stored.
+    /// Stores an update in the topic's bounded history and publishes it to
+    /// the topic's live subscribers; returns once stored.
     pub async fn publish_update(&self, topic: &Topic, payload: Bytes) -> Result<(), BusError> {
         match self {
             Bus::Memory(b) => b.publish_update(topic, payload).await,
@@ -194,7 +206,10 @@ impl Bus {
 
     /// Publishes `items` in order, waiting for acknowledgements only after
     /// sending a window of them, so one round trip is paid per window rather
-    /// than per message. Live subscribers see the items in order.
+    /// than per message. Live subscribers see the [`Outbound::Live`] and
+    /// [`Outbound::Update`] items in order; an `Update` reaches them only
+    /// after it is stored, so nothing is seen live that a failure could
+    /// leave unstored and a retry render differently.
     pub async fn publish_all(&self, items: &[Outbound]) -> Result<(), PartialPublish> {
         match self {
             Bus::Memory(b) => b.publish_all(items).await,

@@ -49,6 +49,7 @@ struct State {
     dedup: HashMap<String, (u64, Instant)>,
     /// Dedup entries left by the last pruning.
     dedup_kept: usize,
+    /// Stored updates per stored subject; live-only ones never land here.
     updates: HashMap<String, VecDeque<Bytes>>,
     /// Per topic: bucket start -> its latest record.
     history: HashMap<String, BTreeMap<i64, Bytes>>,
@@ -87,6 +88,17 @@ impl State {
             }
         }
         self.event_bytes = self.event_bytes.saturating_sub(freed);
+    }
+
+    /// Hands an update to the topic's live subscribers, storing nothing.
+    fn send_live(&mut self, topic: &Topic, payload: Bytes) {
+        let subject = topic.updates_subject();
+        if let Some(tx) = self.live.get(&subject) {
+            if tx.send(payload).is_err() {
+                // Nobody listens any more: forget the channel, as NATS forgets interest.
+                self.live.remove(&subject);
+            }
+        }
     }
 
     fn prune_dedup(&mut self, now: Instant, window: std::time::Duration) {
@@ -221,26 +233,24 @@ impl MemoryBus {
         topic: &Topic,
         payload: Bytes,
     ) -> Result<(), BusError> {
-        let subject = topic.updates_subject();
         let keep = self.inner.config.updates_per_topic.max(1) as usize;
         let mut st = self.inner.state.lock();
         push_bounded(
-            st.updates.entry(subject.clone()).or_default(),
+            st.updates.entry(topic.stored_subject()).or_default(),
             payload.clone(),
             keep,
         );
-        if let Some(tx) = st.live.get(&subject) {
-            if tx.send(payload).is_err() {
-                // Nobody listens any more: forget the channel, as NATS forgets interest.
-                st.live.remove(&subject);
-            }
-        }
+        st.send_live(topic, payload);
         Ok(())
     }
 
     pub(crate) async fn publish_all(&self, items: &[Outbound]) -> Result<(), PartialPublish> {
         for (stored, item) in items.iter().enumerate() {
             let result = match item {
+                Outbound::Live { topic, payload } => {
+                    self.inner.state.lock().send_live(topic, payload.clone());
+                    Ok(())
+                }
                 Outbound::Update { topic, payload } => {
                     self.publish_update(topic, payload.clone()).await
                 }
@@ -326,7 +336,7 @@ impl MemoryBus {
         let st = self.inner.state.lock();
         Ok(st
             .updates
-            .get(&topic.updates_subject())
+            .get(&topic.stored_subject())
             .and_then(|q| q.back().cloned()))
     }
 
@@ -336,7 +346,7 @@ impl MemoryBus {
         max: usize,
     ) -> Result<Vec<Bytes>, BusError> {
         let st = self.inner.state.lock();
-        Ok(tail(st.updates.get(&topic.updates_subject()), max))
+        Ok(tail(st.updates.get(&topic.stored_subject()), max))
     }
 
     pub(crate) async fn history(&self, topic: &Topic, max: usize) -> Result<Vec<Bytes>, BusError> {
@@ -355,7 +365,7 @@ impl MemoryBus {
             .updates
             .iter()
             .filter(|(_, q)| !q.is_empty())
-            .filter_map(|(subject, _)| Topic::from_updates_subject(subject))
+            .filter_map(|(subject, _)| Topic::from_stored_subject(subject))
             .map(|t| t.code)
             .collect();
         Ok(codes.into_iter().take(max).collect())

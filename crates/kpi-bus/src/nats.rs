@@ -14,7 +14,7 @@ use futures::StreamExt;
 use kpi_core::subject::{
     checkpoint_subject, event_batch_subject, event_subject, partition_filter, state_subject,
     StateName, BROADCAST_SUBJECT, CHECKPOINT_WILDCARD, EVENTS_WILDCARD, HISTORY_WILDCARD,
-    STATE_WILDCARD, UPDATES_WILDCARD,
+    STATE_WILDCARD, STORED_WILDCARD,
 };
 use kpi_core::{partition_of, EventRecord, KpiCode, Topic};
 
@@ -130,7 +130,8 @@ impl NatsBus {
             stream::Config {
                 max_messages_per_subject: config.updates_per_topic.max(1),
                 max_bytes: config.updates_max_bytes,
-                ..base(UPDATES_STREAM, UPDATES_WILDCARD)
+                // Only the stored copies: live updates are plain publishes.
+                ..base(UPDATES_STREAM, STORED_WILDCARD)
             },
         )
         .await?;
@@ -367,21 +368,37 @@ impl NatsBus {
         topic: &Topic,
         payload: Bytes,
     ) -> Result<(), BusError> {
-        // A JetStream publish is also an ordinary publish: the gateways'
-        // plain subscriptions on this subject receive it as it is stored.
-        self.store(topic.updates_subject(), None, payload).await?;
-        Ok(())
+        self.store(topic.stored_subject(), None, payload.clone())
+            .await?;
+        self.publish_live(topic, payload).await
     }
 
+    /// A plain publish on the live subject: the gateways' subscriptions
+    /// receive it, nothing stores it.
+    async fn publish_live(&self, topic: &Topic, payload: Bytes) -> Result<(), BusError> {
+        self.client
+            .publish(topic.updates_subject(), payload)
+            .await
+            .map_err(BusError::unavailable)
+    }
+
+    /// Per window: every stored item is sent, then, in item order, each
+    /// stored item's ack is awaited and each update (stored or live-only)
+    /// is published live. An update is thus seen live only once stored, and
+    /// live subscribers see the items in order.
     pub(crate) async fn publish_all(&self, items: &[Outbound]) -> Result<(), PartialPublish> {
         for (window, chunk) in items.chunks(PUBLISH_WINDOW).enumerate() {
             let base = window * PUBLISH_WINDOW;
             let mut acks = Vec::with_capacity(chunk.len());
             for item in chunk {
                 let sent = match item {
+                    Outbound::Live { .. } => {
+                        acks.push(None);
+                        continue;
+                    }
                     Outbound::Update { topic, payload } => {
                         self.js
-                            .publish(topic.updates_subject(), payload.clone())
+                            .publish(topic.stored_subject(), payload.clone())
                             .await
                     }
                     Outbound::History { topic, payload, id } => {
@@ -406,9 +423,10 @@ impl NatsBus {
                     }
                 };
                 match sent {
-                    Ok(ack) => acks.push(ack),
+                    Ok(ack) => acks.push(Some(ack)),
                     // Whether the window's earlier items were stored is not
-                    // known without their acks; resending them is harmless.
+                    // known without their acks, and none of them went out
+                    // live yet; resending them is harmless.
                     Err(e) => {
                         return Err(PartialPublish {
                             stored: base,
@@ -417,12 +435,21 @@ impl NatsBus {
                     }
                 }
             }
-            for (i, ack) in acks.into_iter().enumerate() {
-                if let Err(e) = ack.await {
-                    return Err(PartialPublish {
-                        stored: base + i,
-                        error: BusError::unavailable(e),
-                    });
+            for (i, (item, ack)) in chunk.iter().zip(acks).enumerate() {
+                let failed = |error| PartialPublish {
+                    stored: base + i,
+                    error,
+                };
+                if let Some(ack) = ack {
+                    ack.await.map_err(|e| failed(BusError::unavailable(e)))?;
+                }
+                match item {
+                    Outbound::Live { topic, payload } | Outbound::Update { topic, payload } => {
+                        self.publish_live(topic, payload.clone())
+                            .await
+                            .map_err(failed)?;
+                    }
+                    Outbound::History { .. } => {}
                 }
             }
         }
@@ -610,7 +637,7 @@ impl NatsBus {
     }
 
     pub(crate) async fn last_update(&self, topic: &Topic) -> Result<Option<Bytes>, BusError> {
-        last_of(&self.updates, &topic.updates_subject(), CLIENT_READ)
+        last_of(&self.updates, &topic.stored_subject(), CLIENT_READ)
             .await
             .map(|m| m.map(|(_, p)| p))
     }
@@ -620,7 +647,7 @@ impl NatsBus {
         topic: &Topic,
         max: usize,
     ) -> Result<Vec<Bytes>, BusError> {
-        recent(&self.updates, &topic.updates_subject(), max).await
+        recent(&self.updates, &topic.stored_subject(), max).await
     }
 
     /// Lists the topic's bucket subjects (names only, from the stream info),
@@ -689,7 +716,7 @@ impl NatsBus {
         let read = async {
             let mut subjects = self
                 .updates
-                .info_with_subjects(UPDATES_WILDCARD)
+                .info_with_subjects(STORED_WILDCARD)
                 .await
                 .map_err(BusError::unavailable)?;
             let mut seen = 0usize;
@@ -697,7 +724,7 @@ impl NatsBus {
                 let (subject, count) = item.map_err(BusError::unavailable)?;
                 seen += 1;
                 if count > 0 {
-                    if let Some(topic) = Topic::from_updates_subject(&subject) {
+                    if let Some(topic) = Topic::from_stored_subject(&subject) {
                         codes.insert(topic.code);
                     }
                 }
@@ -749,31 +776,45 @@ fn parts_prefix(partition: u32) -> String {
     format!("{}.parts", checkpoint_subject(partition))
 }
 
-/// Gets a stream, creating it when missing. An existing stream is kept as it
-/// is (operators may have tuned it); a missing one gets `config`.
+/// Gets a stream, creating it when missing. An existing stream keeps the
+/// operator's settings except two that this version depends on: direct gets
+/// on, and the subjects it captures (`KPI_UPDATES` moved from the live
+/// subjects to the stored ones; messages already on the old subjects stay
+/// in the stream, unread, until its limits drop them).
 async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
 ) -> Result<stream::Stream, BusError> {
     let name = config.name.clone();
     match js.get_stream(&name).await {
-        Ok(s) if config.allow_direct && !s.cached_info().config.allow_direct => {
-            // A stream made by an older version: turn direct gets on, and
-            // leave the operator's other settings as they are.
-            let mut cfg = s.cached_info().config.clone();
-            cfg.allow_direct = true;
+        Ok(s) => {
+            let current = &s.cached_info().config;
+            let direct = config.allow_direct && !current.allow_direct;
+            let subjects = current.subjects != config.subjects;
+            if !direct && !subjects {
+                return Ok(s);
+            }
+            let mut cfg = current.clone();
+            cfg.allow_direct |= config.allow_direct;
+            cfg.subjects = config.subjects.clone();
             match js.update_stream(cfg).await {
                 Ok(_) => js
                     .get_stream(&name)
                     .await
                     .map_err(|e| BusError::Setup(format!("opening stream {name}: {e}"))),
+                // Without the right subjects the stream would store the
+                // wrong messages, or none: refuse to start.
+                Err(e) if subjects => Err(BusError::Setup(format!(
+                    "stream {name} captures {:?}, not {:?}, and cannot be changed: {e}",
+                    s.cached_info().config.subjects,
+                    config.subjects
+                ))),
                 Err(e) => {
                     tracing::warn!(stream = %name, error = %e, "cannot allow direct gets; reads wait for the stream leader");
                     Ok(s)
                 }
             }
         }
-        Ok(s) => Ok(s),
         Err(_) => js
             .create_stream(config)
             .await

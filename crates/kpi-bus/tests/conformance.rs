@@ -459,6 +459,64 @@ async fn publish_all_keeps_order_and_stores_a_history_record_once(fx: Fixture) {
     );
 }
 
+/// A live-only item reaches subscribers and is never stored; an update is
+/// both; live subscribers see a mix in item order.
+async fn live_items_are_delivered_in_order_and_not_stored(fx: Fixture) {
+    let bus = &fx.bus;
+    let t = topic("live_only", Period::Minute);
+    let mut sub = bus.subscribe_updates(&t).await.expect("subscribe");
+    let live = |p: &str| Outbound::Live {
+        topic: t.clone(),
+        payload: Bytes::from(p.to_string()),
+    };
+    let update = |p: &str| Outbound::Update {
+        topic: t.clone(),
+        payload: Bytes::from(p.to_string()),
+    };
+    bus.publish_all(&[live("l1")]).await.expect("publish");
+    assert_eq!(next_live(&mut sub).await, "l1");
+    assert_eq!(bus.last_update(&t).await.expect("last"), None);
+    assert!(bus.recent_updates(&t, 10).await.expect("recent").is_empty());
+    assert!(
+        bus.known_kpis(10).await.expect("known").is_empty(),
+        "a live-only update made its code known"
+    );
+
+    // More than one acknowledgement window of the NATS bus, mixed.
+    let items: Vec<Outbound> = (1..=600)
+        .map(|i| {
+            if i % 3 == 0 {
+                update(&format!("u{i}"))
+            } else {
+                live(&format!("u{i}"))
+            }
+        })
+        .chain([live("l2")])
+        .collect();
+    bus.publish_all(&items).await.expect("publish all");
+    for i in 1..=600 {
+        assert_eq!(next_live(&mut sub).await, format!("u{i}"));
+    }
+    assert_eq!(next_live(&mut sub).await, "l2");
+    assert_eq!(
+        bus.last_update(&t).await.expect("last").as_deref(),
+        Some(&b"u600"[..]),
+        "the newest stored update, not the newer live-only one"
+    );
+    assert_eq!(
+        bus.recent_updates(&t, 3).await.expect("recent"),
+        bytes_of(&["u594", "u597", "u600"])
+    );
+    let names: Vec<String> = bus
+        .known_kpis(10)
+        .await
+        .expect("known")
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(names, ["live_only"]);
+}
+
 async fn last_and_recent_updates_return_the_newest(fx: Fixture) {
     let bus = &fx.bus;
     let t = topic("signups", Period::Minute);
@@ -1022,6 +1080,7 @@ conformance!(
     event_feed_from_time_starts_at_the_first_event_stored_then,
     publish_update_reaches_a_live_subscription,
     publish_all_keeps_order_and_stores_a_history_record_once,
+    live_items_are_delivered_in_order_and_not_stored,
     last_and_recent_updates_return_the_newest,
     updates_kept_per_topic_are_bounded,
     history_is_bounded_and_newest_last,
@@ -1094,11 +1153,12 @@ async fn nats_large_checkpoints_survive_an_interrupted_save_and_leave_no_parts_b
     }
 }
 
-/// NATS only: a stream made by an older version, without direct gets, gets
-/// them turned on at connect (so reads survive a leader's death), keeping
-/// what it stores.
+/// NATS only: a stream made by an older version, without direct gets and
+/// capturing the live subjects, gets direct gets turned on and captures the
+/// stored subjects instead at connect, keeping the operator's limits and
+/// what it holds (old messages stay in the stream, unread).
 #[tokio::test]
-async fn nats_bus_turns_direct_gets_on_for_existing_streams() {
+async fn nats_bus_updates_existing_streams_made_by_older_versions() {
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client);
@@ -1112,7 +1172,7 @@ async fn nats_bus_turns_direct_gets_on_for_existing_streams() {
     .await
     .expect("create an old-style stream");
     let t = topic("older", Period::Minute);
-    js.publish(t.updates_subject(), Bytes::from_static(b"kept"))
+    js.publish(t.updates_subject(), Bytes::from_static(b"old"))
         .await
         .expect("publish")
         .await
@@ -1121,16 +1181,24 @@ async fn nats_bus_turns_direct_gets_on_for_existing_streams() {
     let bus = Bus::connect_nats(&server.url(), config())
         .await
         .expect("connect the bus");
-    let info = js
+    let mut stream = js
         .get_stream(kpi_bus::nats::UPDATES_STREAM)
         .await
-        .expect("stream")
-        .cached_info()
-        .clone();
+        .expect("stream");
+    let info = stream.info().await.expect("info").clone();
     assert!(info.config.allow_direct, "direct gets still off");
+    assert_eq!(
+        info.config.subjects,
+        [kpi_core::subject::STORED_WILDCARD.to_string()]
+    );
     assert_eq!(info.config.max_messages_per_subject, UPDATES_KEPT);
+    assert_eq!(info.state.messages, 1, "the old message was dropped");
+    assert_eq!(bus.last_update(&t).await.expect("last"), None);
+    bus.publish_update(&t, Bytes::from_static(b"new"))
+        .await
+        .expect("publish");
     assert_eq!(
         bus.last_update(&t).await.expect("last"),
-        Some(Bytes::from_static(b"kept"))
+        Some(Bytes::from_static(b"new"))
     );
 }

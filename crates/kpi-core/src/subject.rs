@@ -29,7 +29,10 @@ pub fn partition_filter(partition: u32) -> String {
 }
 
 pub const EVENTS_WILDCARD: &str = "kpi.events.>";
+/// Live updates, published without being stored (the gateways subscribe here).
 pub const UPDATES_WILDCARD: &str = "kpi.updates.>";
+/// Stored copies of updates: what `KPI_UPDATES` captures and readers read.
+pub const STORED_WILDCARD: &str = "kpi.stored.>";
 pub const HISTORY_WILDCARD: &str = "kpi.history.>";
 pub const CHECKPOINT_WILDCARD: &str = "kpi.checkpoint.>";
 /// System messages for every connected client on every gateway.
@@ -93,10 +96,17 @@ impl Topic {
         format!("kpi.updates.{}.{}", self.code, self.period)
     }
 
-    /// The topic an updates subject names, or `None` for anything else:
-    /// the inverse of [`Topic::updates_subject`], for listing what is stored.
-    pub fn from_updates_subject(subject: &str) -> Option<Topic> {
-        let rest = subject.strip_prefix("kpi.updates.")?;
+    /// Stored copies of the topic's updates: `kpi.stored.<code>.<period>`.
+    /// Not every live update is stored (the aggregator's store policy), so
+    /// readers of this subject see a subset of the live seqs, newest last.
+    pub fn stored_subject(&self) -> String {
+        format!("kpi.stored.{}.{}", self.code, self.period)
+    }
+
+    /// The topic a stored-updates subject names, or `None` for anything
+    /// else: the inverse of [`Topic::stored_subject`], for listing what is stored.
+    pub fn from_stored_subject(subject: &str) -> Option<Topic> {
+        let rest = subject.strip_prefix("kpi.stored.")?;
         let (code, period) = rest.split_once('.')?;
         Some(Topic::new(
             KpiCode::parse(code).ok()?,
@@ -145,17 +155,19 @@ mod tests {
     }
 
     #[test]
-    fn updates_subject_round_trips_and_rejects_other_subjects() {
+    fn stored_subject_round_trips_and_rejects_other_subjects() {
         let t = Topic::new(KpiCode::parse("rev-1_a").expect("code"), Period::Hour);
-        assert_eq!(Topic::from_updates_subject(&t.updates_subject()), Some(t));
+        assert_eq!(t.updates_subject(), "kpi.updates.rev-1_a.hour");
+        assert_eq!(Topic::from_stored_subject(&t.stored_subject()), Some(t));
         for bad in [
             "kpi.history.a.hour",
-            "kpi.updates.a",
-            "kpi.updates.a.week",
-            "kpi.updates.a.b.hour",
-            "kpi.updates..hour",
+            "kpi.updates.a.hour",
+            "kpi.stored.a",
+            "kpi.stored.a.week",
+            "kpi.stored.a.b.hour",
+            "kpi.stored..hour",
         ] {
-            assert_eq!(Topic::from_updates_subject(bad), None, "{bad}");
+            assert_eq!(Topic::from_stored_subject(bad), None, "{bad}");
         }
     }
 }

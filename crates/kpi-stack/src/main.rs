@@ -211,4 +211,18 @@ mod tests {
         assert_eq!(s.aggregator.lateness.minute, Duration::from_secs(7));
         assert_eq!(s.ingest.recent_ids, 1000);
     }
+
+    #[test]
+    fn the_store_interval_reaches_the_aggregator() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["kpi-stack"], args].concat()).expect("parse");
+            cli.settings().expect("valid").aggregator.store_interval
+        };
+        assert_eq!(parse(&[]), Duration::from_millis(1000));
+        assert_eq!(
+            parse(&["--store-interval-ms", "250"]),
+            Duration::from_millis(250)
+        );
+        assert_eq!(parse(&["--store-interval-ms", "0"]), Duration::ZERO);
+    }
 }

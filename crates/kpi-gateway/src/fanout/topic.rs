@@ -19,6 +19,15 @@ use serde::Deserialize;
 
 use crate::fanout::outbox::{DataKind, Mode, Outbox, Patch, Source, SubId};
 
+/// How long a stream resuming past the latest seq held here waits for a
+/// newer update before it gets the latest as a snapshot. A gateway taking a
+/// topic up starts from the stored updates, which may trail the live ones
+/// the client saw elsewhere by the aggregator's store interval (1 s by
+/// default): within this wait the next live update or the topic's trailing
+/// store arrives, and the client never sees a value go back. Past it, the
+/// client holds another series (the aggregator's seqs were reset).
+pub const AHEAD_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Just enough of an update to order it; the bytes are relayed untouched.
 #[derive(Deserialize)]
 struct Head {
@@ -95,9 +104,11 @@ pub enum Start {
     /// The latest value as a snapshot.
     Snapshot,
     /// A stream resuming after this seq: the updates after it if still in
-    /// memory; a snapshot when they are not, or when `since` is at or above
-    /// the latest seq (the client may have seen another series, after a
-    /// seq reset, and must be brought back to this one).
+    /// memory; a snapshot when they are not, or when `since` is the latest
+    /// seq (the client may have seen another series, after a seq reset, and
+    /// must be brought back to this one). Past the latest seq, the client
+    /// saw live updates newer than what is held: it gets the next update
+    /// after `since`, or a snapshot after [`AHEAD_WAIT`] if none came.
     Since(u64),
     /// A poll after this seq: as `Since`, but at exactly the latest seq the
     /// poller is up to date and waits for the next update.
@@ -214,6 +225,12 @@ impl TopicShared {
                 outbox.hold(sub);
                 return;
             }
+            Start::Since(since) if since > latest => {
+                outbox.add_sub(sub, source, Some(since), mode, false);
+                drop(st);
+                self.snapshot_later(outbox, sub, since);
+                return;
+            }
             Start::Since(_) if !live => None,
             Start::Since(since) | Start::After(since) => (since < latest).then_some(since),
         };
@@ -235,6 +252,37 @@ impl TopicShared {
                 outbox.push_data(sub, seq, bytes, DataKind::Snapshot, None);
             }
         }
+    }
+
+    /// After [`AHEAD_WAIT`], a snapshot for a stream that resumed past the
+    /// latest seq, unless something newer reached the topic meanwhile.
+    fn snapshot_later(self: &Arc<Self>, outbox: &Outbox, sub: SubId, since: u64) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.snapshot_if_still_ahead(outbox, sub, since);
+            return;
+        };
+        let (topic, outbox) = (Arc::downgrade(self), outbox.clone());
+        rt.spawn(async move {
+            tokio::time::sleep(AHEAD_WAIT).await;
+            if let Some(topic) = topic.upgrade() {
+                topic.snapshot_if_still_ahead(&outbox, sub, since);
+            }
+        });
+    }
+
+    fn snapshot_if_still_ahead(self: &Arc<Self>, outbox: &Outbox, sub: SubId, since: u64) {
+        let mut st = self.state.lock();
+        let Some(mode) = st.subscribers.get(&(outbox.id(), sub)).map(|(_, m)| *m) else {
+            return;
+        };
+        if st.latest_seq > since {
+            return;
+        }
+        // Forget `since`: the snapshot's seq is at or below it.
+        let source: Weak<dyn Source> = Arc::downgrade(self) as Weak<dyn Source>;
+        outbox.add_sub(sub, source, None, mode, false);
+        let (seq, bytes) = snapshot_locked(&self.topic, &mut st);
+        outbox.push_data(sub, seq, bytes, DataKind::Snapshot, None);
     }
 
     /// Undoes [`TopicShared::attach`]: no more updates for `sub`, and its

@@ -40,9 +40,10 @@ pub struct Pipeline {
     in_flight: usize,
 }
 
-/// Only the field the lag needs; the rest of the update is not parsed.
+/// Only the fields the lag needs; the rest of the update is not parsed.
 #[derive(Deserialize)]
 struct Stamp {
+    seq: u64,
     event_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -142,12 +143,23 @@ async fn watch(
     Ok(tokio::spawn(async move {
         // Held so the subscriptions live as long as the task.
         let _nats = nats;
+        // Per subject, the newest seq seen: a trailing store repeats the
+        // newest update up to a store interval later, and counting its age
+        // would charge the pipeline with a lag no client sees.
+        let mut newest: std::collections::HashMap<String, u64> = Default::default();
         while let Some(m) = all.next().await {
+            let Ok(stamp) = serde_json::from_slice::<Stamp>(&m.payload) else {
+                continue;
+            };
+            match newest.get_mut(m.subject.as_str()) {
+                Some(seen) if stamp.seq <= *seen => continue,
+                Some(seen) => *seen = stamp.seq,
+                None => {
+                    newest.insert(m.subject.to_string(), stamp.seq);
+                }
+            }
             Counters::add(&counters.read, 1);
-            if let Ok(Stamp {
-                event_time: Some(t),
-            }) = serde_json::from_slice(&m.payload)
-            {
+            if let Some(t) = stamp.event_time {
                 lag.record_since(t.timestamp_micros());
             }
         }
