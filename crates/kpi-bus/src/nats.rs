@@ -231,6 +231,7 @@ impl NatsBus {
                 .or_default()
                 .push(i);
         }
+        // The server's max_payload less headroom, as for checkpoint parts.
         let limit = BATCH_MAX_BYTES.min(self.checkpoint_part_limit());
         let mut sent = Vec::new();
         for (partition, indices) in by_partition {

@@ -398,6 +398,11 @@ async fn event_feed_from_time_starts_at_the_first_event_stored_then(fx: Fixture)
         .await
         .expect("feed from now");
     assert_feed_quiet(&mut f).await;
+    // Idle past the NATS feed's stall check (2 s), which reopens by sequence:
+    // it must reopen where the time put it, not at the log's start.
+    if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(2500), f.next()).await {
+        panic!("unexpected event on an idle feed: {e:?}");
+    }
     let next = append(bus, &event("n3", &kpi, 4.0)).await;
     let got = read_with_flags(&mut f, 1).await;
     assert_eq!(got, vec![(next.seq, "n3".to_string(), true)]);
