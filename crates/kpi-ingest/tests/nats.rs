@@ -212,3 +212,38 @@ async fn http_formats_answer_503_with_retry_after_while_the_bus_is_down() {
     }
     h.shutdown.trigger();
 }
+
+/// A PublishStream stores the events that have already arrived together:
+/// a publisher that streams fast gets batch messages (a few stream
+/// sequences for many events), not one JetStream message per event, and
+/// still an ack per event, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_publish_stream_is_stored_in_batch_messages() {
+    let (nats, h) = on_nats().await;
+    let mut client = h.client().await;
+    let events: Vec<_> = (0..200)
+        .map(|i| event(&format!("fs-{i}"), "stream_kpi", f64::from(i)))
+        .collect();
+    let acks = client
+        .publish_stream(tokio_stream::iter(events))
+        .await
+        .expect("stream")
+        .into_inner();
+    use futures::StreamExt;
+    let acks: Vec<_> = acks.map(|a| a.expect("ack")).collect::<Vec<_>>().await;
+    let indexes: Vec<u64> = acks.iter().map(|a| a.index).collect();
+    assert_eq!(
+        indexes,
+        (0..200).collect::<Vec<u64>>(),
+        "one ack per event, in order"
+    );
+    assert!(acks.iter().all(|a| a.status() == EventStatus::Stored));
+    let seqs: std::collections::BTreeSet<u64> = acks.iter().map(|a| a.seq).collect();
+    assert!(
+        seqs.len() <= 50,
+        "200 streamed events took {} stored messages",
+        seqs.len()
+    );
+    h.shutdown.trigger();
+    drop(nats);
+}
