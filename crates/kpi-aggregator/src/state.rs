@@ -1,6 +1,6 @@
 //! A partition's aggregates and the messages they produce; pure data, no I/O, so it can be tested exhaustively.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
 use kpi_core::message::BucketView;
@@ -36,9 +36,10 @@ pub struct PartitionState {
     /// instead of every topic: with coalescing off the worker renders after
     /// every batch of events, and scanning thousands of topics each time
     /// would be most of its work. Not saved: a loaded state scans everything
-    /// on its first render.
+    /// on its first render. A hash set: it is probed for every event, and
+    /// a render sorts its keys once, so its output keeps key order.
     #[serde(skip)]
-    pending: BTreeSet<String>,
+    pending: HashSet<String>,
     /// Each period's bucket at the last render. When any of them moves, a
     /// bucket may have closed anywhere and the render looks at every topic.
     #[serde(skip)]
@@ -176,21 +177,15 @@ impl PartitionState {
             if !self.pending.contains(k.as_str()) {
                 self.pending.insert(k.clone());
             }
-            if !self.topics.contains_key(k.as_str()) {
-                self.topics
-                    .insert(k.clone(), TopicState::new(ev.kpi.clone(), period));
+            // One search of `topics` for a topic it holds (the common
+            // case), two for a new one: the search is most of `apply`.
+            if let Some(ts) = self.topics.get_mut(k.as_str()) {
+                ts.add(start, ev);
+            } else {
+                let mut ts = TopicState::new(ev.kpi.clone(), period);
+                ts.add(start, ev);
+                self.topics.insert(k.clone(), ts);
             }
-            let Some(ts) = self.topics.get_mut(k.as_str()) else {
-                continue;
-            };
-            ts.buckets
-                .entry(start)
-                .or_default()
-                .apply(ev.value, ev.time);
-            ts.last_event_time = Some(ev.time);
-            ts.last_received = ts.last_received.max(ev.received_at.timestamp());
-            ts.dirty = true;
-            ts.changed.insert(start);
             out.applied += 1;
         }
         out
@@ -231,9 +226,9 @@ impl PartitionState {
                     .take_while(|(at, _)| *at <= now_ms)
                     .map(|(_, k)| k.as_str()),
             );
+            // In key order, as render goes through them.
+            keys.sort_unstable();
             if keys.len() > before {
-                // In key order, as render goes through them.
-                keys.sort_unstable();
                 keys.dedup();
             }
             keys.into_iter()
@@ -334,11 +329,13 @@ impl PartitionState {
                     pending.insert(k);
                 }
             }
-            for k in pending.iter() {
-                if let Some(ts) = topics.get_mut(k) {
+            let mut keys: Vec<String> = pending.drain().collect();
+            keys.sort_unstable();
+            for k in keys {
+                if let Some(ts) = topics.get_mut(&k) {
                     ts.publish(now, policy, store, &mut out);
                     if ts.store.unstored > 0 {
-                        trailing.insert((store.deadline(&ts.store), k.clone()));
+                        trailing.insert((store.deadline(&ts.store), k));
                     }
                 }
             }
@@ -455,6 +452,18 @@ fn push_key(k: &mut String, code: &kpi_core::KpiCode, period: Period) {
 }
 
 impl TopicState {
+    /// Counts an event in the bucket starting at `start`.
+    fn add(&mut self, start: i64, ev: &EventRecord) {
+        self.buckets
+            .entry(start)
+            .or_default()
+            .apply(ev.value, ev.time);
+        self.last_event_time = Some(ev.time);
+        self.last_received = self.last_received.max(ev.received_at.timestamp());
+        self.dirty = true;
+        self.changed.insert(start);
+    }
+
     fn new(code: kpi_core::KpiCode, period: Period) -> Self {
         TopicState {
             code,
