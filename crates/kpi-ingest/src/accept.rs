@@ -432,7 +432,7 @@ impl Accept {
         };
         let now = Instant::now();
         let mut recent = self.inner.recent.lock();
-        records
+        let outcomes: Vec<Outcome> = records
             .into_iter()
             .zip(hashes)
             .zip(plans)
@@ -456,7 +456,35 @@ impl Accept {
                 };
                 outcome(record, result)
             })
-            .collect()
+            .collect();
+        drop(recent);
+        count_outcomes(&outcomes);
+        outcomes
+    }
+}
+
+/// Counts a call's outcomes, one counter update per result rather than
+/// per event (a labelled counter costs a registry lookup), and logs a
+/// failed store once per call rather than once per event.
+fn count_outcomes(outcomes: &[Outcome]) {
+    let count = |status: EventStatus| outcomes.iter().filter(|o| o.status == status).count();
+    for (status, label) in [
+        (EventStatus::Stored, metrics::RESULT_STORED),
+        (EventStatus::Duplicate, metrics::RESULT_DUPLICATE),
+        (EventStatus::Unavailable, metrics::RESULT_UNAVAILABLE),
+    ] {
+        metrics::events(label, count(status));
+    }
+    if let Some(failed) = outcomes
+        .iter()
+        .find(|o| o.status == EventStatus::Unavailable)
+    {
+        tracing::warn!(
+            events = count(EventStatus::Unavailable),
+            first_event_id = %failed.event_id,
+            error = %failed.reason,
+            "storing events failed"
+        );
     }
 }
 
@@ -474,12 +502,11 @@ enum Plan {
 fn outcome(record: EventRecord, result: Result<Appended, BusError>) -> Outcome {
     match result {
         Ok(Appended { seq, duplicate }) => {
-            let (status, label) = if duplicate {
-                (EventStatus::Duplicate, metrics::RESULT_DUPLICATE)
+            let status = if duplicate {
+                EventStatus::Duplicate
             } else {
-                (EventStatus::Stored, metrics::RESULT_STORED)
+                EventStatus::Stored
             };
-            metrics::event(label);
             Outcome {
                 event_id: record.event_id,
                 status,
@@ -487,16 +514,12 @@ fn outcome(record: EventRecord, result: Result<Appended, BusError>) -> Outcome {
                 seq,
             }
         }
-        Err(e) => {
-            metrics::event(metrics::RESULT_UNAVAILABLE);
-            tracing::warn!(event_id = %record.event_id, kpi = %record.kpi, error = %e, "storing event failed");
-            Outcome {
-                event_id: record.event_id,
-                status: EventStatus::Unavailable,
-                reason: outcome_unknown(&e.to_string()),
-                seq: 0,
-            }
-        }
+        Err(e) => Outcome {
+            event_id: record.event_id,
+            status: EventStatus::Unavailable,
+            reason: outcome_unknown(&e.to_string()),
+            seq: 0,
+        },
     }
 }
 

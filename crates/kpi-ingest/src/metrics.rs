@@ -50,7 +50,14 @@ pub fn describe() {
 }
 
 pub fn event(result: &'static str) {
-    metrics::counter!(EVENTS_TOTAL, "result" => result).increment(1);
+    events(result, 1);
+}
+
+/// `n` events with the same result; nothing is recorded for none.
+pub fn events(result: &'static str, n: usize) {
+    if n > 0 {
+        metrics::counter!(EVENTS_TOTAL, "result" => result).increment(n as u64);
+    }
 }
 
 pub fn store_time(elapsed: Duration) {
