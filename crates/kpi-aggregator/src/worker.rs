@@ -100,7 +100,7 @@ impl Worker {
             }
             other => other?,
         };
-        let state = match loaded {
+        let mut state = match loaded {
             Some(raw) => match PartitionState::from_json(&raw) {
                 Ok(s) => s,
                 Err(e) => {
@@ -113,7 +113,6 @@ impl Worker {
             },
             None => PartitionState::default(),
         };
-        let mut state = state;
         state.set_store_policy(StorePolicy::new(settings.store_interval));
         tracing::info!(
             partition,

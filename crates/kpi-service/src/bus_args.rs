@@ -23,7 +23,8 @@ pub struct BusArgs {
     /// How long events are kept; the aggregator replays from its checkpoint within this.
     #[arg(long, env = "KPI_EVENTS_MAX_AGE_SECS", default_value_t = 7 * 24 * 3600)]
     pub events_max_age_secs: u64,
-    /// Updates kept per KPI and period, for resume with `since`.
+    /// Stored updates kept per KPI and period (the aggregator stores some of
+    /// its updates: see its --store-interval-ms), for gateways taking a KPI up.
     #[arg(long, env = "KPI_UPDATES_PER_TOPIC", default_value_t = 256)]
     pub updates_per_topic: i64,
     /// Closed buckets kept per KPI and period, for `/history`.

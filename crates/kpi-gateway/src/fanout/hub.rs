@@ -293,6 +293,12 @@ impl Drop for Subscription {
 /// the stored updates, fans out.
 async fn follow(shared: Arc<TopicShared>, mut sub: UpdateSubscription, bus: Bus, window: usize) {
     let mut backoff = Duration::from_millis(100);
+    // Until the subscription's first message, a gap is expected and the
+    // stored updates cannot fill it: they were read after subscribing, and
+    // an update is published live only once stored, so every stored update
+    // missing here comes through the subscription. The gap is the live-only
+    // updates published before it (the store policy), gone for good.
+    let mut heard = false;
     loop {
         match sub.next().await {
             Some(Live::Message(bytes)) => {
@@ -300,9 +306,10 @@ async fn follow(shared: Arc<TopicShared>, mut sub: UpdateSubscription, bus: Bus,
                     tracing::warn!(topic = %shared.topic, "ignoring an upstream message that is not an update");
                     continue;
                 };
-                if shared.is_gap(seq) {
+                if heard && shared.is_gap(seq) {
                     refill(&shared, &bus, window).await;
                 }
+                heard = true;
                 shared.apply(vec![(seq, bytes)]);
                 backoff = Duration::from_millis(100);
             }
@@ -315,6 +322,7 @@ async fn follow(shared: Arc<TopicShared>, mut sub: UpdateSubscription, bus: Bus,
                     Ok(s) => {
                         sub = s;
                         refill(&shared, &bus, window).await;
+                        heard = false;
                     }
                     Err(e) => {
                         tracing::warn!(topic = %shared.topic, error = %e, "resubscribe failed")
