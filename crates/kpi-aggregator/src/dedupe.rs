@@ -19,9 +19,7 @@
 //! it is bounded by what the event stream holds in that time (16 bytes per
 //! id plus the set's overhead); a shorter duplicate window shrinks it.
 
-use std::collections::HashSet;
-
-use kpi_core::id_hash::IdBuildHasher;
+use kpi_core::id_map::IdMap;
 
 /// Ids seen, as `kpi_core::id_hash::event_id_hash` values.
 #[derive(Debug, Default)]
@@ -34,7 +32,7 @@ pub struct Dedupe {
     previous: IdSet,
 }
 
-type IdSet = HashSet<u128, IdBuildHasher>;
+type IdSet = IdMap<()>;
 
 impl Dedupe {
     pub fn new(window: std::time::Duration) -> Self {
@@ -48,10 +46,10 @@ impl Dedupe {
     /// it was already in the window (a copy: do not apply it again).
     pub fn check_and_insert(&mut self, id: u128, received_at: i64) -> bool {
         self.rotate(received_at);
-        if self.previous.contains(&id) {
+        if self.previous.contains(id) {
             return true;
         }
-        !self.current.insert(id)
+        self.current.insert(id, ()).is_some()
     }
 
     /// Ids held, for the gauge and tests.
@@ -77,8 +75,8 @@ impl Dedupe {
         }
         if received_at >= start.saturating_add(self.window.saturating_mul(2)) {
             // Nothing held is within a window of this event any more.
-            self.previous.clear();
-            self.current.clear();
+            self.previous = IdSet::default();
+            self.current = IdSet::default();
         } else {
             self.previous = std::mem::take(&mut self.current);
         }

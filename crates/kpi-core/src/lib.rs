@@ -9,6 +9,7 @@ pub mod cadence;
 pub mod code;
 pub mod event;
 pub mod id_hash;
+pub mod id_map;
 pub mod merge_patch;
 pub mod message;
 pub mod partition;

@@ -13,10 +13,7 @@
 //! holding at most half of `capacity` ids. A DUPLICATE answer is safe at any
 //! age: it is given only for an id this process stored itself.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-use kpi_core::id_hash::IdBuildHasher;
 
 pub struct RecentIds {
     /// Ids per generation; when the current one reaches it, it rotates early.
@@ -28,7 +25,7 @@ pub struct RecentIds {
     previous: IdMap,
 }
 
-type IdMap = HashMap<u128, u64, IdBuildHasher>;
+type IdMap = kpi_core::id_map::IdMap<u64>;
 
 impl RecentIds {
     /// At most `capacity` ids, none older than `window`.
@@ -46,8 +43,8 @@ impl RecentIds {
     pub fn get(&mut self, id: u128, now: Instant) -> Option<u64> {
         self.rotate(now);
         self.current
-            .get(&id)
-            .or_else(|| self.previous.get(&id))
+            .get(id)
+            .or_else(|| self.previous.get(id))
             .copied()
     }
 
@@ -71,8 +68,8 @@ impl RecentIds {
     fn rotate(&mut self, now: Instant) {
         let age = now.saturating_duration_since(self.started);
         if age >= self.span * 2 {
-            self.previous.clear();
-            self.current.clear();
+            self.previous = IdMap::default();
+            self.current = IdMap::default();
             self.started = now;
         } else if age >= self.span {
             self.turn(now);
