@@ -30,6 +30,17 @@ async fn sse_sends_snapshot_then_updates_and_resumes_from_last_event_id() {
     }
     drop(sse);
     publish_range(&gw.bus, &t, 7..=9).await;
+    // The bus hands updates to the gateway's subscription asynchronously:
+    // resume only once the gateway has 9, else a resume at exactly its
+    // latest seq (6) gets a snapshot, which is this test's race, not its point.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, snap) = gw.get("/api/kpi/on_time_delivery_rate?period=minute").await;
+        if snap["seq"].as_u64() == Some(9) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Last-Event-ID overrides since.
     let mut sse = Sse::open(gw.addr, "/sse/kpi/on_time_delivery_rate?since=1", Some(6)).await;
     for want in 7..=9u64 {
