@@ -30,11 +30,6 @@ use step::Load;
 use table::Ceiling;
 pub use table::StepRow;
 
-/// Room for every step's events in both streams: kpi-bus's default of 1 GiB
-/// fills within a run that climbs past 100,000 events/s, and a full stream
-/// refuses events, which would read as loss.
-pub const EVENTS_MAX_BYTES: i64 = 8 << 30;
-
 #[derive(Debug, Clone, Args)]
 pub struct CapacityArgs {
     /// Offered event rates (events/s), tried upward until one is not sustained.
@@ -96,6 +91,12 @@ pub struct CapacityArgs {
     /// Skip the raw JetStream baseline (a scaling-only run).
     #[arg(long)]
     pub no_raw: bool,
+    /// Size of the event stream, in each run's nats-server: room for every
+    /// step's events (kpi-bus's default of 1 GiB fills within a run past
+    /// 100,000 events/s, and a full stream refuses events, read as loss).
+    /// JetStream refuses a stream larger than its free disk: lower it there.
+    #[arg(long, default_value_t = 8 << 30)]
+    pub events_max_bytes: i64,
     /// Directory for capacity.json, capacity.md and capacity.svg.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -110,6 +111,7 @@ impl CapacityArgs {
 
     fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.kpis > 0, "--kpis must be at least 1");
+        anyhow::ensure!(self.events_max_bytes > 0, "--events-max-bytes must be positive");
         anyhow::ensure!(
             self.steps.iter().any(|s| *s > 0),
             "--steps needs a rate above 0"
@@ -160,7 +162,15 @@ pub async fn run(a: CapacityArgs) -> anyhow::Result<()> {
     let mut raw = if a.no_raw {
         None
     } else {
-        Some(Raw::start(codes.clone(), layouts[0].0, a.raw_window()).await?)
+        Some(
+            Raw::start(
+                codes.clone(),
+                layouts[0].0,
+                a.raw_window(),
+                a.events_max_bytes,
+            )
+            .await?,
+        )
     };
     let mut raw_ladder = Ladder::new(a.steps.clone(), a.refine);
     let mut rows: Vec<StepRow> = Vec::new();

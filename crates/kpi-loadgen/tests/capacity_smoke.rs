@@ -18,6 +18,8 @@ fn capacity_reports_kpistream_and_raw_rows() {
         .args(["capacity", "--steps", "50,100", "--refine", "0"])
         .args(["--step-secs", "1", "--warmup-secs", "1"])
         .args(["--kpis", "5", "--partitions", "2", "--drain-secs", "5"])
+        // A CI machine's disk may be smaller than the default stream.
+        .args(["--events-max-bytes", "268435456"])
         .arg("--out")
         .arg(out.path())
         .stdout(Stdio::null())

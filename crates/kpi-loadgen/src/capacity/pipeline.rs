@@ -60,7 +60,7 @@ impl Pipeline {
             .prefix("kpi-loadgen-capacity-")
             .tempdir()?;
         let partitions_s = partitions.to_string();
-        let max_bytes = super::EVENTS_MAX_BYTES.to_string();
+        let max_bytes = a.events_max_bytes.to_string();
         let env = [
             ("RUST_LOG", "warn"),
             ("KPI_PARTITIONS", partitions_s.as_str()),

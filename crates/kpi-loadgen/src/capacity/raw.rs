@@ -53,6 +53,7 @@ impl Raw {
         codes: Arc<Vec<KpiCode>>,
         partitions: u32,
         window: usize,
+        max_bytes: i64,
     ) -> anyhow::Result<Raw> {
         let dir = tempfile::Builder::new()
             .prefix("kpi-loadgen-raw-")
@@ -82,11 +83,13 @@ impl Raw {
                 allow_direct: true,
                 duplicate_window: DUPLICATE_WINDOW,
                 max_age: MAX_AGE,
-                max_bytes: super::EVENTS_MAX_BYTES,
+                max_bytes,
                 ..Default::default()
             })
             .await
-            .context("creating the raw stream")?;
+            .with_context(|| {
+                format!("creating the raw stream of {max_bytes} bytes (on a smaller disk, lower --events-max-bytes)")
+            })?;
         let counters = Arc::new(Counters::default());
         let lag = Arc::new(Lag::default());
         let mut readers = Vec::new();
