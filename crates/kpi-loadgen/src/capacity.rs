@@ -111,7 +111,10 @@ impl CapacityArgs {
 
     fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.kpis > 0, "--kpis must be at least 1");
-        anyhow::ensure!(self.events_max_bytes > 0, "--events-max-bytes must be positive");
+        anyhow::ensure!(
+            self.events_max_bytes > 0,
+            "--events-max-bytes must be positive"
+        );
         anyhow::ensure!(
             self.steps.iter().any(|s| *s > 0),
             "--steps needs a rate above 0"
