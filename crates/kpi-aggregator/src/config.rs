@@ -5,6 +5,9 @@ use std::time::Duration;
 use kpi_core::Period;
 pub use kpi_service::ConfigError;
 
+/// `--store-interval-ms` when not given (NATS: one stored update per topic per second).
+pub const DEFAULT_STORE_INTERVAL_MS: u64 = 1000;
+
 /// How late (by ingest receive time, after the bucket's end) an event may
 /// still change its bucket, per period.
 #[derive(Debug, Clone, Copy)]
@@ -157,9 +160,11 @@ pub struct AggregatorArgs {
     pub coalesce_ms: u64,
     /// Store a changing KPI period's update at least this often, in
     /// milliseconds (every update goes out live; bucket boundaries are
-    /// always stored; 0 = store every update).
-    #[arg(long, env = "KPI_STORE_INTERVAL_MS", default_value_t = 1000)]
-    pub store_interval_ms: u64,
+    /// always stored; 0 = store every update). Default 1000; kpi-stack on
+    /// its in-process bus, where a stored update costs nothing extra,
+    /// defaults to 0.
+    #[arg(long, env = "KPI_STORE_INTERVAL_MS")]
+    pub store_interval_ms: Option<u64>,
     #[arg(long, env = "KPI_CHECKPOINT_MS", default_value_t = 1000)]
     pub checkpoint_ms: u64,
     #[arg(long, env = "KPI_LATENESS_MINUTE_SECS", default_value_t = 120)]
@@ -191,7 +196,9 @@ impl AggregatorArgs {
                 .map_err(|e| ConfigError::new("--replica-index", e))?,
             replica_count: self.replica_count,
             coalesce: Duration::from_millis(self.coalesce_ms),
-            store_interval: Duration::from_millis(self.store_interval_ms),
+            store_interval: Duration::from_millis(
+                self.store_interval_ms.unwrap_or(DEFAULT_STORE_INTERVAL_MS),
+            ),
             checkpoint_interval: Duration::from_millis(self.checkpoint_ms),
             lateness: Lateness {
                 minute: Duration::from_secs(self.lateness_minute_secs),

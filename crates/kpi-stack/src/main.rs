@@ -64,7 +64,15 @@ impl Cli {
             ingest: self
                 .ingest
                 .settings(gateway.drain + gateway.unready_delay, &self.bus.config()?)?,
-            aggregator: self.aggregator.settings(&self.bus)?,
+            aggregator: {
+                let mut a = self.aggregator.settings(&self.bus)?;
+                // Sparse stores spare JetStream; the in-process bus stores an
+                // update for nothing, and every store keeps snapshots current.
+                if self.nats_url.is_none() && self.aggregator.store_interval_ms.is_none() {
+                    a.store_interval = std::time::Duration::ZERO;
+                }
+                a
+            },
             gateway,
         })
     }
@@ -218,7 +226,12 @@ mod tests {
             let cli = Cli::try_parse_from([&["kpi-stack"], args].concat()).expect("parse");
             cli.settings().expect("valid").aggregator.store_interval
         };
-        assert_eq!(parse(&[]), Duration::from_millis(1000));
+        // In-process bus: every update stored unless asked otherwise.
+        assert_eq!(parse(&[]), Duration::ZERO);
+        assert_eq!(
+            parse(&["--nats-url", "nats://127.0.0.1:4222"]),
+            Duration::from_millis(1000)
+        );
         assert_eq!(
             parse(&["--store-interval-ms", "250"]),
             Duration::from_millis(250)
