@@ -57,6 +57,11 @@ pub struct AggregatorSettings {
     /// at least once per this interval (and on bucket boundaries, and every
     /// [`crate::store_policy::STORE_EVERY`] seqs); zero stores every update.
     pub store_interval: Duration,
+    /// Stored updates per second this replica aims to stay under, beyond
+    /// the forced ones (bucket closes and corrections, every
+    /// [`crate::store_policy::STORE_EVERY`] seqs); shared by its partitions
+    /// per render. Zero: no limit.
+    pub max_stores_per_sec: u32,
     pub checkpoint_interval: Duration,
     pub lateness: Lateness,
     /// Per-KPI publish thresholds (default: publish every change).
@@ -75,6 +80,7 @@ impl Default for AggregatorSettings {
             replica_count: 1,
             coalesce: Duration::from_millis(100),
             store_interval: Duration::from_millis(1000),
+            max_stores_per_sec: 5000,
             checkpoint_interval: Duration::from_secs(1),
             lateness: Lateness::default(),
             thresholds: Default::default(),
@@ -116,6 +122,19 @@ impl AggregatorSettings {
             return Err(ConfigError::new("--topic-idle-secs", "must be positive"));
         }
         Ok(())
+    }
+
+    /// The store policy of one partition worker: its share of
+    /// `max_stores_per_sec` per render (one render per coalescing interval).
+    pub fn store_policy(&self) -> crate::store_policy::StorePolicy {
+        let policy = crate::store_policy::StorePolicy::new(self.store_interval);
+        if self.max_stores_per_sec == 0 {
+            return policy;
+        }
+        let owned = self.owned_partitions().len().max(1) as u128;
+        let per_render_ms = self.coalesce.max(Duration::from_millis(1)).as_millis();
+        let budget = u128::from(self.max_stores_per_sec) * per_render_ms / 1000 / owned;
+        policy.with_budget(usize::try_from(budget).unwrap_or(usize::MAX))
     }
 
     /// The partitions this replica owns.
@@ -165,6 +184,10 @@ pub struct AggregatorArgs {
     /// defaults to 0.
     #[arg(long, env = "KPI_STORE_INTERVAL_MS")]
     pub store_interval_ms: Option<u64>,
+    /// Stored updates per second to stay under, beyond bucket closes and
+    /// corrections (JetStream stores a few tens of thousands a second; 0 = no limit).
+    #[arg(long, env = "KPI_MAX_STORES_PER_SEC", default_value_t = 5000)]
+    pub max_stores_per_sec: u32,
     #[arg(long, env = "KPI_CHECKPOINT_MS", default_value_t = 1000)]
     pub checkpoint_ms: u64,
     #[arg(long, env = "KPI_LATENESS_MINUTE_SECS", default_value_t = 120)]
@@ -199,6 +222,7 @@ impl AggregatorArgs {
             store_interval: Duration::from_millis(
                 self.store_interval_ms.unwrap_or(DEFAULT_STORE_INTERVAL_MS),
             ),
+            max_stores_per_sec: self.max_stores_per_sec,
             checkpoint_interval: Duration::from_millis(self.checkpoint_ms),
             lateness: Lateness {
                 minute: Duration::from_secs(self.lateness_minute_secs),

@@ -110,6 +110,14 @@ struct TopicState {
     rendered_event_time: Option<DateTime<Utc>>,
 }
 
+/// One render's store budget: how many stores beyond the forced ones are
+/// left, and the topics owed one (owed since in Unix ms, key, and the index
+/// in the output of its live-only render, `None` for a trailing store).
+struct Spend {
+    left: usize,
+    owed: Vec<(i64, String, Option<usize>)>,
+}
+
 /// What one event did, per period.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -299,7 +307,8 @@ impl PartitionState {
         self.scanned != Some(bucket_marks(now))
     }
 
-    /// Renders the due topics among every topic, or among the pending ones.
+    /// Renders the due topics among every topic, or among the pending ones,
+    /// then spends the store budget on the topics owed a store longest.
     fn render_due(
         &mut self,
         now: DateTime<Utc>,
@@ -315,32 +324,73 @@ impl PartitionState {
             store,
             ..
         } = self;
-        if everything {
+        let mut spend = Spend {
+            left: store.budget(),
+            owed: Vec::new(),
+        };
+        let keys: Vec<String> = if everything {
             trailing.clear();
-            for (k, ts) in topics.iter_mut() {
-                ts.publish(now, policy, store, &mut out);
-                if ts.store.unstored > 0 {
-                    trailing.insert((store.deadline(&ts.store), k.clone()));
-                }
-            }
+            topics.keys().cloned().collect()
         } else {
-            while trailing.first().is_some_and(|(at, _)| *at <= now_ms) {
-                if let Some((_, k)) = trailing.pop_first() {
-                    pending.insert(k);
-                }
-            }
             let mut keys: Vec<String> = pending.drain().collect();
             keys.sort_unstable();
-            for k in keys {
-                if let Some(ts) = topics.get_mut(&k) {
-                    ts.publish(now, policy, store, &mut out);
-                    if ts.store.unstored > 0 {
-                        trailing.insert((store.deadline(&ts.store), k));
-                    }
-                }
+            keys
+        };
+        for k in &keys {
+            if let Some(ts) = topics.get_mut(k) {
+                ts.publish(now, policy, store, &mut out, &mut spend, k);
             }
         }
         pending.clear();
+        // Oldest owed first, among this render's topics and the trailing
+        // index (whose deadlines are ordered as the owed-since times).
+        spend
+            .owed
+            .sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut owed = spend.owed.into_iter().peekable();
+        let rendered: HashSet<&str> = keys.iter().map(String::as_str).collect();
+        while spend.left > 0 {
+            let next_trailing = trailing
+                .first()
+                .filter(|(at, _)| *at <= now_ms)
+                .map(|(at, k)| (store.since_deadline(*at), k));
+            let take_trailing = match (next_trailing, owed.peek()) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(t), Some(o)) => t < (o.0, &o.1),
+            };
+            if take_trailing {
+                let Some((_, k)) = trailing.pop_first() else {
+                    break;
+                };
+                // This render's topics are among `owed` already.
+                if rendered.contains(k.as_str()) {
+                    continue;
+                }
+                if let Some(ts) = topics.get_mut(&k) {
+                    if store.trailing_due(&ts.store, now_ms) {
+                        ts.store_newest(now, &mut out);
+                        spend.left -= 1;
+                    }
+                }
+            } else if let Some((_, k, at)) = owed.next() {
+                if let Some(ts) = topics.get_mut(&k) {
+                    match at {
+                        Some(i) => ts.grant(now, &mut out[i]),
+                        None => ts.store_newest(now, &mut out),
+                    }
+                    spend.left -= 1;
+                }
+            }
+        }
+        for k in keys {
+            if let Some(ts) = topics.get(&k) {
+                if ts.store.unstored > 0 {
+                    trailing.insert((store.deadline(&ts.store), k));
+                }
+            }
+        }
         out
     }
 
@@ -496,18 +546,23 @@ impl TopicState {
         self.is_due_render(now, policy) || store.trailing_due(&self.store, now.timestamp_millis())
     }
 
-    /// A new render, or a trailing store of the newest, or nothing.
+    /// A new render, or a trailing store of the newest, or nothing; a store
+    /// that is not forced is left to the budget (`spend`).
     fn publish(
         &mut self,
         now: DateTime<Utc>,
         policy: &ThresholdPolicy,
         store: &StorePolicy,
         out: &mut Vec<Outgoing>,
+        spend: &mut Spend,
+        key: &str,
     ) {
         if self.is_due_render(now, policy) {
-            self.render(now, store, out);
+            self.render(now, store, out, spend, key);
         } else if store.trailing_due(&self.store, now.timestamp_millis()) {
-            self.store_newest(now, out);
+            spend
+                .owed
+                .push((StorePolicy::owed_since(&self.store), key.to_owned(), None));
         }
     }
 
@@ -572,7 +627,14 @@ impl TopicState {
         }
     }
 
-    fn render(&mut self, now: DateTime<Utc>, store: &StorePolicy, out: &mut Vec<Outgoing>) {
+    fn render(
+        &mut self,
+        now: DateTime<Utc>,
+        store: &StorePolicy,
+        out: &mut Vec<Outgoing>,
+        spend: &mut Spend,
+        key: &str,
+    ) {
         let topic = Topic::new(self.code.clone(), self.period);
         let current = self.current(now);
         let rendered_before = out.len();
@@ -600,18 +662,27 @@ impl TopicState {
                 ));
             }
         }
-        // A closed or corrected bucket, or a new current one, is stored
-        // whatever the interval: history readers and a restart need it.
-        let boundary = out.len() > rendered_before || self.shown != Some(current);
+        // A closed or corrected bucket, or a new current one after it, is
+        // stored whatever the interval and budget: history readers and a
+        // restart need it. A topic's first render waits for the budget.
+        let boundary = out.len() > rendered_before || self.shown.is_some_and(|s| s != current);
         let now_ms = now.timestamp_millis();
         self.seq += 1;
         let m = self.message(current, now, false);
-        if store.stores(&self.store, now_ms, boundary) {
+        if store.forced(&self.store, boundary) {
             self.store.stored(now_ms);
             self.rendered_at = None;
             self.rendered_event_time = None;
+            spend.left = spend.left.saturating_sub(1);
             out.push(Outgoing::Update(topic, m));
         } else {
+            if store.stores(&self.store, now_ms, boundary) {
+                spend.owed.push((
+                    StorePolicy::owed_since(&self.store),
+                    key.to_owned(),
+                    Some(out.len()),
+                ));
+            }
             self.store.live_only();
             self.rendered_at = Some(now);
             self.rendered_event_time = self.last_event_time;
@@ -620,6 +691,17 @@ impl TopicState {
         self.rendered = self.buckets.get(&current).copied().unwrap_or_default();
         self.shown = Some(current);
         self.dirty = false;
+    }
+
+    /// The budget granted this render's live-only `out` a store: it is
+    /// stored, then published live, as if the policy had stored it at once.
+    fn grant(&mut self, now: DateTime<Utc>, out: &mut Outgoing) {
+        if let Outgoing::Live(topic, m) = out {
+            *out = Outgoing::Update(topic.clone(), m.clone());
+            self.store.stored(now.timestamp_millis());
+            self.rendered_at = None;
+            self.rendered_event_time = None;
+        }
     }
 
     /// The trailing store: the newest render again, same seq and contents,
@@ -663,6 +745,7 @@ mod tests {
     use super::*;
     use chrono::{Duration, TimeZone};
     use kpi_core::KpiCode;
+    use std::collections::HashMap;
 
     fn t(s: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_800_000_000 + s, 0)
@@ -872,6 +955,85 @@ mod tests {
         assert!(ups.iter().all(|m| !m.correction), "{ups:?}");
     }
 
+    /// 30,000 topics rendering every 100 ms with a budget of 500 stores per
+    /// render: no render stores more than that beyond the forced stores
+    /// (the `STORE_EVERY` bound), no live seq runs more than `STORE_EVERY`
+    /// past the topic's last stored one, and once events stop every
+    /// topic's newest render is stored within the renders the budget needs.
+    #[test]
+    fn the_store_budget_bounds_stores_per_render_and_stores_everything_eventually() {
+        const KPIS: usize = 10_000;
+        const BUDGET: usize = 500;
+        let store = StorePolicy::new(std::time::Duration::from_secs(1)).with_budget(BUDGET);
+        let policy = ThresholdPolicy::default();
+        let lateness = Lateness::default();
+        let codes: Vec<KpiCode> = (0..KPIS)
+            .map(|i| KpiCode::parse(&format!("k{i}")).expect("code"))
+            .collect();
+        let mut state = PartitionState::default();
+        state.set_store_policy(store);
+        // Per topic: (last stored seq, newest seq published).
+        let mut seen: HashMap<Topic, (u64, u64)> = HashMap::new();
+        let mut log_seq = 0;
+        let check = |out: Vec<Outgoing>, seen: &mut HashMap<Topic, (u64, u64)>| {
+            let mut unforced = 0;
+            for o in out {
+                let (topic, m, stored) = match o {
+                    Outgoing::Live(t, m) => (t, m, false),
+                    Outgoing::Update(t, m) => (t, m, true),
+                    Outgoing::History(..) => continue,
+                };
+                let (last, newest) = seen.entry(topic).or_insert((0, 0));
+                assert!(
+                    m.seq <= *last + STORE_EVERY,
+                    "seq {} after stored {last}",
+                    m.seq
+                );
+                if stored {
+                    if m.seq < *last + STORE_EVERY {
+                        unforced += 1;
+                    }
+                    *last = m.seq;
+                }
+                *newest = (*newest).max(m.seq);
+            }
+            assert!(
+                unforced <= BUDGET,
+                "{unforced} unforced stores in one render"
+            );
+        };
+        // 4 s of an event on every KPI every 100 ms, within one minute.
+        let mut now = t(1);
+        for _ in 0..40 {
+            for code in &codes {
+                log_seq += 1;
+                let e = EventRecord {
+                    kpi: code.clone(),
+                    ..ev(&format!("e{log_seq}"), 1.0, now, now)
+                };
+                state.apply(log_seq, &e, &lateness);
+            }
+            check(state.render(now, &policy), &mut seen);
+            now += Duration::milliseconds(100);
+        }
+        assert_eq!(seen.len(), 3 * KPIS);
+        // Then quiet: the owed stores drain at the budget's pace.
+        let needed = 3 * KPIS / BUDGET + 10;
+        for _ in 0..needed {
+            check(state.render(now, &policy), &mut seen);
+            now += Duration::milliseconds(100);
+        }
+        let behind = seen
+            .values()
+            .filter(|(last, newest)| last != newest)
+            .count();
+        assert_eq!(behind, 0, "topics whose newest render is not stored");
+        assert!(
+            state.render(now, &policy).is_empty(),
+            "nothing left to store"
+        );
+    }
+
     #[test]
     fn checkpoint_round_trips() {
         let mut st = PartitionState::default();
@@ -911,15 +1073,17 @@ mod tests {
             /// Looking only at the topics events changed since the last
             /// render (between bucket boundaries) and at the trailing
             /// stores that fell due publishes exactly what looking at every
-            /// topic would, whatever the store interval.
+            /// topic would, whatever the store interval and budget.
             #[test]
             fn renders_the_same_as_scanning_every_topic(
                 steps in prop::collection::vec(step(), 1..120),
                 store_secs in prop_oneof![Just(0u64), 1u64..120],
+                budget in prop_oneof![Just(usize::MAX), 1usize..4],
             ) {
                 // A threshold on some codes, so changed-but-not-due topics occur.
                 let policy = ThresholdPolicy::parse("k1=50%,k3=2").expect("policy");
-                let store = StorePolicy::new(std::time::Duration::from_secs(store_secs));
+                let store = StorePolicy::new(std::time::Duration::from_secs(store_secs))
+                    .with_budget(budget);
                 let lateness = Lateness::default();
                 let mut fast = PartitionState::default();
                 let mut reference = PartitionState::default();
@@ -939,7 +1103,8 @@ mod tests {
                         Step::Render { after } => {
                             clock += i64::from(after);
                             let now = t(clock);
-                            let listed = fast.due(now, &policy);
+                            let mut listed = fast.due(now, &policy);
+                            listed.sort();
                             let got = fast.render(now, &policy);
                             let want = reference.render_due(now, &policy, true);
                             let mut rendered: Vec<Topic> = got
@@ -949,8 +1114,14 @@ mod tests {
                                     Outgoing::History(..) => None,
                                 })
                                 .collect();
+                            rendered.sort();
                             rendered.dedup();
-                            prop_assert_eq!(&listed, &rendered, "due() at {}", clock);
+                            // A trailing store the budget defers publishes nothing yet.
+                            if budget == usize::MAX {
+                                prop_assert_eq!(&listed, &rendered, "due() at {}", clock);
+                            } else {
+                                prop_assert!(rendered.iter().all(|t| listed.contains(t)), "due() at {}", clock);
+                            }
                             prop_assert_eq!(got, want, "at {}", clock);
                         }
                         Step::Reload => {

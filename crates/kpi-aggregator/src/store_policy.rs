@@ -23,6 +23,8 @@ pub const STORE_EVERY: u64 = 32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StorePolicy {
     interval_ms: i64,
+    /// Stores per render that are not forced (`usize::MAX`: no limit).
+    budget: usize,
 }
 
 impl Default for StorePolicy {
@@ -34,23 +36,53 @@ impl Default for StorePolicy {
 
 impl StorePolicy {
     pub fn every_render() -> Self {
-        StorePolicy { interval_ms: 0 }
+        StorePolicy {
+            interval_ms: 0,
+            budget: usize::MAX,
+        }
     }
 
     /// Store at least once per `interval` while a topic changes; zero stores every render.
     pub fn new(interval: Duration) -> Self {
         StorePolicy {
             interval_ms: i64::try_from(interval.as_millis()).unwrap_or(i64::MAX),
+            budget: usize::MAX,
         }
     }
 
-    /// Whether a render at `now_ms` is stored; `boundary` when it closes or
-    /// corrects a bucket (or is the topic's first).
-    pub fn stores(&self, mark: &StoreMark, now_ms: i64, boundary: bool) -> bool {
+    /// At most `budget` stores per render beyond the forced ones (at least one).
+    pub fn with_budget(self, budget: usize) -> Self {
+        StorePolicy {
+            budget: budget.max(1),
+            ..self
+        }
+    }
+
+    /// Stores per render that are not forced.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Whether a render must be stored whatever the budget: it closes or
+    /// corrects a bucket (`boundary`), it would put the topic
+    /// [`STORE_EVERY`] seqs past its last store, or it is the first after a
+    /// restart raised the seq (a restart before a store would reuse it).
+    pub fn forced(&self, mark: &StoreMark, boundary: bool) -> bool {
         boundary
             || self.interval_ms == 0
             || mark.unstored + 1 >= STORE_EVERY
-            || self.elapsed(mark, now_ms)
+            || mark.stored_at_ms == i64::MIN
+    }
+
+    /// When the topic has been owed a store since (Unix ms): its last store.
+    pub fn owed_since(mark: &StoreMark) -> i64 {
+        mark.stored_at_ms
+    }
+
+    /// Whether a render at `now_ms` is to be stored, budget permitting
+    /// unless [`StorePolicy::forced`]; `boundary` when it closes or corrects a bucket.
+    pub fn stores(&self, mark: &StoreMark, now_ms: i64, boundary: bool) -> bool {
+        self.forced(mark, boundary) || self.elapsed(mark, now_ms)
     }
 
     /// Whether the topic's newest render is not stored and the interval
@@ -62,6 +94,11 @@ impl StorePolicy {
     /// When a trailing store of this topic falls due (Unix ms).
     pub fn deadline(&self, mark: &StoreMark) -> i64 {
         mark.stored_at_ms.saturating_add(self.interval_ms)
+    }
+
+    /// The owed-since time of a trailing store due at `deadline`.
+    pub fn since_deadline(&self, deadline: i64) -> i64 {
+        deadline.saturating_sub(self.interval_ms)
     }
 
     fn elapsed(&self, mark: &StoreMark, now_ms: i64) -> bool {

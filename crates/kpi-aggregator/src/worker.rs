@@ -113,7 +113,7 @@ impl Worker {
             },
             None => PartitionState::default(),
         };
-        state.set_store_policy(StorePolicy::new(settings.store_interval));
+        state.set_store_policy(settings.store_policy());
         tracing::info!(
             partition,
             applied_seq = state.applied_seq,

@@ -238,4 +238,21 @@ mod tests {
         );
         assert_eq!(parse(&["--store-interval-ms", "0"]), Duration::ZERO);
     }
+
+    #[test]
+    fn the_store_budget_reaches_the_aggregator() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["kpi-stack"], args].concat()).expect("parse");
+            let s = cli.settings().expect("valid").aggregator;
+            (s.max_stores_per_sec, s.store_policy().budget())
+        };
+        // 5,000 a second over 4 partitions, one render per 100 ms each.
+        assert_eq!(parse(&[]), (5000, 125));
+        assert_eq!(
+            parse(&["--max-stores-per-sec", "800", "--coalesce-ms", "250"]),
+            (800, 50)
+        );
+        assert_eq!(parse(&["--max-stores-per-sec", "0"]), (0, usize::MAX));
+        assert!(Cli::try_parse_from(["kpi-stack", "--max-stores-per-sec", "-1"]).is_err());
+    }
 }
