@@ -10,6 +10,7 @@ pub mod code;
 pub mod event;
 pub mod id_hash;
 pub mod id_map;
+pub mod interest;
 pub mod merge_patch;
 pub mod message;
 pub mod partition;
