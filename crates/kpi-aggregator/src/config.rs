@@ -70,6 +70,10 @@ pub struct AggregatorSettings {
     /// and whose buckets no event can change any more leaves memory and the
     /// checkpoint; its `seq` continues from the bus when it returns.
     pub topic_idle: Duration,
+    /// Render every topic live, watched or not (for NATS subscribers that
+    /// do not announce their topics); otherwise unwatched topics render
+    /// only when stored.
+    pub live_all: bool,
 }
 
 impl Default for AggregatorSettings {
@@ -85,6 +89,7 @@ impl Default for AggregatorSettings {
             lateness: Lateness::default(),
             thresholds: Default::default(),
             topic_idle: Duration::from_secs(3600),
+            live_all: false,
         }
     }
 }
@@ -202,6 +207,11 @@ pub struct AggregatorArgs {
     /// A KPI period silent this long (and final) leaves memory; its seq continues when it returns.
     #[arg(long, env = "KPI_TOPIC_IDLE_SECS", default_value_t = 3600)]
     pub topic_idle_secs: u64,
+    /// Render every KPI period live, whether or not a gateway announced it
+    /// as watched (for subscribers to `kpi.updates.>` that do not announce
+    /// on `kpi.interest`). Unwatched ones otherwise render only when stored.
+    #[arg(long, env = "KPI_LIVE_ALL")]
+    pub live_all: bool,
 }
 
 impl Cli {
@@ -233,6 +243,7 @@ impl AggregatorArgs {
             thresholds: crate::threshold::ThresholdPolicy::parse(&self.thresholds)
                 .map_err(|e| ConfigError::new("--thresholds", e))?,
             topic_idle: Duration::from_secs(self.topic_idle_secs),
+            live_all: self.live_all,
         };
         s.validate()?;
         Ok(s)

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod dedupe;
+pub mod interest;
 pub mod metrics;
 pub mod server;
 pub mod state;

@@ -9,6 +9,8 @@ pub const EVENTS_REFUSED: &str = "kpi_aggregator_events_refused_total";
 /// Idle topics dropped from memory (their seq continues from the bus).
 pub const TOPICS_EVICTED: &str = "kpi_aggregator_topics_evicted_total";
 pub const TOPICS: &str = "kpi_aggregator_topics";
+/// Topics of this replica announced as watched live (the rest render only when stored).
+pub const WATCHED_TOPICS: &str = "kpi_aggregator_watched_topics";
 pub const CHECKPOINT_BYTES: &str = "kpi_aggregator_checkpoint_bytes";
 /// Copies of an event already applied (its id seen within the duplicate
 /// window): a client's retry through another ingest process or after one

@@ -7,6 +7,7 @@ use kpi_service::{ops_routes, Endpoint, Readiness, Routes, Shutdown};
 use tokio::net::TcpListener;
 
 use crate::config::AggregatorSettings;
+use crate::interest::Interest;
 use crate::worker::Worker;
 
 /// The HTTP port serves only the ops routes.
@@ -55,9 +56,11 @@ pub async fn run(
             Err("NATS disconnected".into())
         }
     });
+    let interest = Interest::follow(&bus, &settings, shutdown.clone()).await;
     let mut workers = Vec::new();
     for partition in settings.owned_partitions() {
-        let worker = Worker::load(partition, bus.clone(), settings.clone()).await?;
+        let worker =
+            Worker::load(partition, bus.clone(), settings.clone(), interest.clone()).await?;
         workers.push(tokio::spawn(worker.run(shutdown.clone())));
     }
     readiness.set_serving(true);

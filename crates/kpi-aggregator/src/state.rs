@@ -111,11 +111,42 @@ struct TopicState {
 }
 
 /// One render's store budget: how many stores beyond the forced ones are
-/// left, and the topics owed one (owed since in Unix ms, key, and the index
-/// in the output of its live-only render, `None` for a trailing store).
+/// left, and the topics owed one (owed since in Unix ms, key, and what the
+/// store would be).
 struct Spend {
     left: usize,
-    owed: Vec<(i64, String, Option<usize>)>,
+    owed: Vec<(i64, String, Owed)>,
+}
+
+/// What a topic owed a store gets when the budget grants it one.
+#[derive(Debug, Clone, Copy)]
+enum Owed {
+    /// This render's live-only message (its index in the output) is stored.
+    Grant(usize),
+    /// Its newest render, already published live, is stored again.
+    Trailing,
+    /// An unwatched topic's render, held back until it can be stored.
+    Render,
+}
+
+/// Which topics someone watches live (gateways announce them). An
+/// unwatched topic is rendered only when its render is stored, at most
+/// once per store interval and within the store budget: its live updates
+/// would reach nobody, and rendering 30,000 topics live every tick was most
+/// of the pipeline's work at 10,000 KPIs.
+pub trait Watched {
+    /// `key` is the topic's `<code>/<period>`.
+    fn watched(&self, key: &str) -> bool;
+}
+
+/// Every topic watched: the in-process bus, where nothing is announced,
+/// and `--live-all`.
+pub struct Everything;
+
+impl Watched for Everything {
+    fn watched(&self, _key: &str) -> bool {
+        true
+    }
 }
 
 /// What one event did, per period.
@@ -296,9 +327,28 @@ impl PartitionState {
     /// first, then the current bucket, so the newest message of a topic is
     /// always its current bucket (the one a snapshot shows).
     pub fn render(&mut self, now: DateTime<Utc>, policy: &ThresholdPolicy) -> Vec<Outgoing> {
+        self.render_watched(now, policy, &Everything)
+    }
+
+    /// [`PartitionState::render`], rendering topics that are not `watched`
+    /// only when they can be stored (see [`Watched`]).
+    pub fn render_watched(
+        &mut self,
+        now: DateTime<Utc>,
+        policy: &ThresholdPolicy,
+        watched: &dyn Watched,
+    ) -> Vec<Outgoing> {
         let everything = self.boundary_passed(now);
         self.scanned = Some(bucket_marks(now));
-        self.render_due(now, policy, everything)
+        self.render_due(now, policy, everything, watched)
+    }
+
+    /// A topic someone started to watch is looked at by the next render:
+    /// its newest value may not have been rendered while it was unwatched.
+    pub fn watch_started(&mut self, key: &str) {
+        if self.topics.contains_key(key) && !self.pending.contains(key) {
+            self.pending.insert(key.to_string());
+        }
     }
 
     /// Whether some period's bucket at `now` differs from the last render's
@@ -314,6 +364,7 @@ impl PartitionState {
         now: DateTime<Utc>,
         policy: &ThresholdPolicy,
         everything: bool,
+        watched: &dyn Watched,
     ) -> Vec<Outgoing> {
         let mut out = Vec::new();
         let now_ms = now.timestamp_millis();
@@ -336,9 +387,29 @@ impl PartitionState {
             keys.sort_unstable();
             keys
         };
+        // Unwatched topics due a render that has to wait (for the store
+        // interval, or for the budget): they come back through `trailing`.
+        let mut held: Vec<&str> = Vec::new();
         for k in &keys {
             if let Some(ts) = topics.get_mut(k) {
-                ts.publish(now, policy, store, &mut out, &mut spend, k);
+                if watched.watched(k) {
+                    ts.publish(now, policy, store, &mut out, &mut spend, k);
+                } else if ts.is_due_render(now, policy) {
+                    if store.stores(&ts.store, now_ms, false) {
+                        spend.owed.push((
+                            StorePolicy::owed_since(&ts.store),
+                            k.clone(),
+                            Owed::Render,
+                        ));
+                    }
+                    held.push(k);
+                } else if store.trailing_due(&ts.store, now_ms) {
+                    spend.owed.push((
+                        StorePolicy::owed_since(&ts.store),
+                        k.clone(),
+                        Owed::Trailing,
+                    ));
+                }
             }
         }
         pending.clear();
@@ -347,7 +418,7 @@ impl PartitionState {
         spend
             .owed
             .sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        let mut owed = spend.owed.into_iter().peekable();
+        let mut owed = std::mem::take(&mut spend.owed).into_iter().peekable();
         let rendered: HashSet<&str> = keys.iter().map(String::as_str).collect();
         while spend.left > 0 {
             let next_trailing = trailing
@@ -369,25 +440,40 @@ impl PartitionState {
                     continue;
                 }
                 if let Some(ts) = topics.get_mut(&k) {
-                    if store.trailing_due(&ts.store, now_ms) {
+                    // A render held back while its topic was unwatched
+                    // (stored whether or not it is watched by now).
+                    if ts.is_due_render(now, policy) && store.stores(&ts.store, now_ms, false) {
+                        ts.render(now, store, &mut out, &mut spend, &k, true);
+                    } else if store.trailing_due(&ts.store, now_ms) {
                         ts.store_newest(now, &mut out);
                         spend.left -= 1;
+                    } else if ts.is_due_render(now, policy) {
+                        trailing.insert((store.deadline(&ts.store), k));
                     }
                 }
-            } else if let Some((_, k, at)) = owed.next() {
+            } else if let Some((_, k, what)) = owed.next() {
                 if let Some(ts) = topics.get_mut(&k) {
-                    match at {
-                        Some(i) => ts.grant(now, &mut out[i]),
-                        None => ts.store_newest(now, &mut out),
+                    match what {
+                        Owed::Grant(i) => ts.grant(now, &mut out[i]),
+                        Owed::Trailing => ts.store_newest(now, &mut out),
+                        // Counted by the render, as a forced store.
+                        Owed::Render => {
+                            ts.render(now, store, &mut out, &mut spend, &k, true);
+                            continue;
+                        }
                     }
-                    spend.left -= 1;
+                    spend.left = spend.left.saturating_sub(1);
                 }
             }
         }
-        for k in keys {
-            if let Some(ts) = topics.get(&k) {
-                if ts.store.unstored > 0 {
-                    trailing.insert((store.deadline(&ts.store), k));
+        let held: HashSet<&str> = held.into_iter().collect();
+        for k in &keys {
+            if let Some(ts) = topics.get(k) {
+                // Unstored, or an unwatched render still held back.
+                if ts.store.unstored > 0
+                    || held.contains(k.as_str()) && ts.is_due_render(now, policy)
+                {
+                    trailing.insert((store.deadline(&ts.store), k.clone()));
                 }
             }
         }
@@ -558,11 +644,13 @@ impl TopicState {
         key: &str,
     ) {
         if self.is_due_render(now, policy) {
-            self.render(now, store, out, spend, key);
+            self.render(now, store, out, spend, key, false);
         } else if store.trailing_due(&self.store, now.timestamp_millis()) {
-            spend
-                .owed
-                .push((StorePolicy::owed_since(&self.store), key.to_owned(), None));
+            spend.owed.push((
+                StorePolicy::owed_since(&self.store),
+                key.to_owned(),
+                Owed::Trailing,
+            ));
         }
     }
 
@@ -634,6 +722,7 @@ impl TopicState {
         out: &mut Vec<Outgoing>,
         spend: &mut Spend,
         key: &str,
+        stored: bool,
     ) {
         let topic = Topic::new(self.code.clone(), self.period);
         let current = self.current(now);
@@ -669,7 +758,7 @@ impl TopicState {
         let now_ms = now.timestamp_millis();
         self.seq += 1;
         let m = self.message(current, now, false);
-        if store.forced(&self.store, boundary) {
+        if stored || store.forced(&self.store, boundary) {
             self.store.stored(now_ms);
             self.rendered_at = None;
             self.rendered_event_time = None;
@@ -680,7 +769,7 @@ impl TopicState {
                 spend.owed.push((
                     StorePolicy::owed_since(&self.store),
                     key.to_owned(),
-                    Some(out.len()),
+                    Owed::Grant(out.len()),
                 ));
             }
             self.store.live_only();
@@ -1034,6 +1123,139 @@ mod tests {
         );
     }
 
+    struct One(String);
+    impl Watched for One {
+        fn watched(&self, key: &str) -> bool {
+            key == self.0
+        }
+    }
+
+    /// A topic's newest value held back while nobody watched goes out at
+    /// the first render after someone starts watching, not at its next
+    /// store.
+    #[test]
+    fn a_held_back_render_goes_out_once_its_topic_is_watched() {
+        let store = StorePolicy::new(std::time::Duration::from_secs(10));
+        let policy = ThresholdPolicy::default();
+        let l = Lateness::default();
+        let mut st = PartitionState::default();
+        st.set_store_policy(store);
+        let nobody = One(String::new());
+        let base = t(0) + Duration::seconds(5);
+        st.apply(1, &ev("a", 1.0, base, base), &l);
+        let first = st.render_watched(base, &policy, &nobody);
+        assert_eq!(updates(&first).len(), 1, "a first render is stored");
+        let later = base + Duration::seconds(1);
+        st.apply(2, &ev("b", 2.0, later, later), &l);
+        assert!(
+            st.render_watched(later, &policy, &nobody).is_empty(),
+            "unwatched: held until its store interval"
+        );
+        let soon = later + Duration::milliseconds(100);
+        assert!(st.render_watched(soon, &policy, &nobody).is_empty());
+        st.watch_started("k/minute");
+        let out = st.render_watched(soon, &policy, &One("k/minute".into()));
+        let sum = out.iter().find_map(|o| match o {
+            Outgoing::Live(t, m) | Outgoing::Update(t, m) if t.period == Period::Minute => {
+                Some(m.stats.sum)
+            }
+            _ => None,
+        });
+        assert_eq!(sum, Some(3.0), "{out:?}");
+    }
+
+    /// 500 KPIs with one watched: the watched one goes out live every
+    /// render; the others render only stored, at most once per store
+    /// interval and within the budget, across a minute boundary too (whose
+    /// closes are not forced through for unwatched topics), and each closed
+    /// minute still reaches the history. A topic that starts being watched
+    /// goes out at the next render.
+    #[test]
+    fn unwatched_topics_render_only_when_stored() {
+        const KPIS: usize = 500;
+        const BUDGET: usize = 50;
+        let store = StorePolicy::new(std::time::Duration::from_secs(1)).with_budget(BUDGET);
+        let policy = ThresholdPolicy::default();
+        let lateness = Lateness::default();
+        let codes: Vec<KpiCode> = (0..KPIS)
+            .map(|i| KpiCode::parse(&format!("k{i}")).expect("code"))
+            .collect();
+        let mut watched = One("k0/minute".into());
+        let mut state = PartitionState::default();
+        state.set_store_policy(store);
+        let mut log_seq = 0;
+        // Per unwatched topic: when it was last rendered (ms).
+        let mut last_render: HashMap<Topic, i64> = HashMap::new();
+        let mut watched_seqs: std::collections::HashSet<(Topic, u64)> = Default::default();
+        let mut closed: std::collections::HashSet<Topic> = Default::default();
+        // 70 s of an event on every KPI every 100 ms, across a minute boundary.
+        let mut now = t(0) + Duration::seconds(30);
+        for _ in 0..700 {
+            for code in &codes {
+                log_seq += 1;
+                let e = EventRecord {
+                    kpi: code.clone(),
+                    ..ev(&format!("e{log_seq}"), 1.0, now, now)
+                };
+                state.apply(log_seq, &e, &lateness);
+            }
+            let out = state.render_watched(now, &policy, &watched);
+            let mut stores = 0;
+            for o in &out {
+                match o {
+                    Outgoing::Live(t, m) => {
+                        assert_eq!(
+                            t.to_string(),
+                            watched.0,
+                            "only the watched topic goes out live-only"
+                        );
+                        watched_seqs.insert((t.clone(), m.seq));
+                    }
+                    Outgoing::Update(t, m) if !m.correction => {
+                        if t.to_string() == watched.0 {
+                            watched_seqs.insert((t.clone(), m.seq));
+                            continue;
+                        }
+                        stores += 1;
+                        if let Some(at) = last_render.insert(t.clone(), now.timestamp_millis()) {
+                            assert!(
+                                now.timestamp_millis() - at >= 1000,
+                                "{t} rendered {} ms after its last render",
+                                now.timestamp_millis() - at
+                            );
+                        }
+                    }
+                    // Events from :30 on: 300 in the closed minute.
+                    Outgoing::History(t, m) if t.period == Period::Minute => {
+                        assert_eq!(
+                            m.stats.count, 300,
+                            "{t} closed with every event of its minute"
+                        );
+                        closed.insert(t.clone());
+                    }
+                    _ => {}
+                }
+            }
+            assert!(stores <= BUDGET + 1, "{stores} stores in one render");
+            if watched_seqs.len() == 100 {
+                watched = One("k1/minute".into());
+                state.watch_started("k1/minute");
+            }
+            now += Duration::milliseconds(100);
+        }
+        assert_eq!(
+            watched_seqs.len(),
+            700,
+            "the watched topic renders at every render"
+        );
+        assert_eq!(
+            closed.len(),
+            KPIS,
+            "every KPI's closed minute in the history"
+        );
+        assert_eq!(last_render.len(), 3 * KPIS, "every topic rendered, stored");
+    }
+
     #[test]
     fn checkpoint_round_trips() {
         let mut st = PartitionState::default();
@@ -1056,6 +1278,21 @@ mod tests {
             Render { after: u16 },
             /// Checkpoint and reload (the render index is rebuilt).
             Reload,
+            /// KPI `kpi` (all its periods) starts or stops being watched.
+            Watch { kpi: u8, on: bool },
+        }
+
+        /// The KPIs `k<n>` watched, all periods.
+        #[derive(Default)]
+        struct Kpis(std::collections::HashSet<u8>);
+
+        impl Watched for Kpis {
+            fn watched(&self, key: &str) -> bool {
+                key.strip_prefix('k')
+                    .and_then(|k| k.split_once('/'))
+                    .and_then(|(n, _)| n.parse().ok())
+                    .is_some_and(|n: u8| self.0.contains(&n))
+            }
         }
 
         fn step() -> impl Strategy<Value = Step> {
@@ -1064,6 +1301,7 @@ mod tests {
                     .prop_map(|(kpi, ahead, value)| Step::Event { kpi, ahead, value }),
                 3 => (0u16..200).prop_map(|after| Step::Render { after }),
                 1 => Just(Step::Reload),
+                1 => (0u8..6, any::<bool>()).prop_map(|(kpi, on)| Step::Watch { kpi, on }),
             ]
         }
 
@@ -1073,12 +1311,14 @@ mod tests {
             /// Looking only at the topics events changed since the last
             /// render (between bucket boundaries) and at the trailing
             /// stores that fell due publishes exactly what looking at every
-            /// topic would, whatever the store interval and budget.
+            /// topic would, whatever the store interval, budget and the
+            /// topics watched.
             #[test]
             fn renders_the_same_as_scanning_every_topic(
                 steps in prop::collection::vec(step(), 1..120),
                 store_secs in prop_oneof![Just(0u64), 1u64..120],
                 budget in prop_oneof![Just(usize::MAX), 1usize..4],
+                all_watched in any::<bool>(),
             ) {
                 // A threshold on some codes, so changed-but-not-due topics occur.
                 let policy = ThresholdPolicy::parse("k1=50%,k3=2").expect("policy");
@@ -1090,6 +1330,10 @@ mod tests {
                 fast.set_store_policy(store);
                 reference.set_store_policy(store);
                 let mut clock = 0i64;
+                let mut watched = Kpis::default();
+                if all_watched {
+                    watched.0.extend(0..6);
+                }
                 for (i, step) in steps.into_iter().enumerate() {
                     match step {
                         Step::Event { kpi, ahead, value } => {
@@ -1105,8 +1349,8 @@ mod tests {
                             let now = t(clock);
                             let mut listed = fast.due(now, &policy);
                             listed.sort();
-                            let got = fast.render(now, &policy);
-                            let want = reference.render_due(now, &policy, true);
+                            let got = fast.render_watched(now, &policy, &watched);
+                            let want = reference.render_due(now, &policy, true, &watched);
                             let mut rendered: Vec<Topic> = got
                                 .iter()
                                 .filter_map(|o| match o {
@@ -1116,13 +1360,26 @@ mod tests {
                                 .collect();
                             rendered.sort();
                             rendered.dedup();
-                            // A trailing store the budget defers publishes nothing yet.
-                            if budget == usize::MAX {
+                            // A trailing store the budget defers publishes
+                            // nothing yet, nor does an unwatched topic's render
+                            // before its store is due.
+                            if budget == usize::MAX && watched.0.len() == 6 {
                                 prop_assert_eq!(&listed, &rendered, "due() at {}", clock);
                             } else {
                                 prop_assert!(rendered.iter().all(|t| listed.contains(t)), "due() at {}", clock);
                             }
                             prop_assert_eq!(got, want, "at {}", clock);
+                        }
+                        Step::Watch { kpi, on } => {
+                            if on {
+                                if watched.0.insert(kpi) {
+                                    for p in Period::ALL {
+                                        fast.watch_started(&format!("k{kpi}/{}", p.as_str()));
+                                    }
+                                }
+                            } else {
+                                watched.0.remove(&kpi);
+                            }
                         }
                         Step::Reload => {
                             fast = PartitionState::from_json(&fast.to_json()).expect("decode");

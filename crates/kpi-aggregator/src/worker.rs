@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::config::AggregatorSettings;
 use crate::dedupe::Dedupe;
+use crate::interest::Interest;
 use crate::metrics as m;
 use crate::state::{Outgoing, PartitionState};
 use crate::store_policy::StorePolicy;
@@ -45,6 +46,8 @@ pub struct Worker {
     partition: u32,
     bus: Bus,
     settings: AggregatorSettings,
+    /// Topics announced as watched: the others render only when stored.
+    interest: Interest,
     state: PartitionState,
     /// Nothing is published until the backlog is replayed: a restart would
     /// otherwise republish values older than the ones clients already saw.
@@ -92,6 +95,7 @@ impl Worker {
         partition: u32,
         bus: Bus,
         settings: AggregatorSettings,
+        interest: Interest,
     ) -> Result<Worker, BusError> {
         let loaded = match bus.load_checkpoint(partition).await {
             Err(BusError::Damaged(why)) => {
@@ -125,6 +129,7 @@ impl Worker {
             partition,
             bus,
             settings,
+            interest,
             dedupe,
             rebuild: state.applied_seq > 0,
             mid_message: false,
@@ -415,6 +420,9 @@ impl Worker {
             return;
         }
         let now = Utc::now();
+        for key in self.interest.take_fresh(self.partition) {
+            self.state.watch_started(&key);
+        }
         for topic in self.state.due(now, &self.settings.thresholds) {
             if self.seq_synced.contains(&topic) {
                 continue;
@@ -441,7 +449,10 @@ impl Worker {
         }
         self.render_wanted = false;
         if self.unsent.is_empty() {
-            let out = self.state.render(now, &self.settings.thresholds);
+            let out = self.interest.with(Instant::now(), |watched| {
+                self.state
+                    .render_watched(now, &self.settings.thresholds, watched)
+            });
             self.unsent.extend(out.into_iter().map(outbound));
         }
         if self.unsent.is_empty() {
