@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use chrono::Utc;
 use kpi_bus::{Bus, BusError, EventFeed, Outbound, PartialPublish, StoredEvent};
 use kpi_core::{Topic, UpdateMessage};
@@ -24,6 +25,8 @@ const LATE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// Evicted topics remembered for an exact seq when they return.
 const EVICTED_REMEMBERED: usize = 100_000;
+/// Reads of topics' last stored seqs in flight at once.
+const SYNC_READS: usize = 32;
 /// Events read ahead of the worker. When full, the reader waits: the log is
 /// the buffer, so nothing is dropped.
 const READ_AHEAD: usize = 1024;
@@ -423,11 +426,24 @@ impl Worker {
         for key in self.interest.take_fresh(self.partition) {
             self.state.watch_started(&key);
         }
-        for topic in self.state.due(now, &self.settings.thresholds) {
-            if self.seq_synced.contains(&topic) {
-                continue;
-            }
-            match self.bus.last_update(&topic).await {
+        let unsynced: Vec<Topic> = self
+            .state
+            .due(now, &self.settings.thresholds)
+            .into_iter()
+            .filter(|t| !self.seq_synced.contains(t))
+            .collect();
+        // Concurrently: after a restart every topic is read once, and one
+        // round trip after another for 30,000 topics held the first render
+        // back for seconds.
+        let bus = &self.bus;
+        let mut reads = futures::stream::iter(unsynced)
+            .map(|topic| async move {
+                let last = bus.last_update(&topic).await;
+                (topic, last)
+            })
+            .buffered(SYNC_READS);
+        while let Some((topic, read)) = reads.next().await {
+            match read {
                 Ok(raw) => {
                     let last = raw
                         .and_then(|r| UpdateMessage::from_json(&r).ok())
