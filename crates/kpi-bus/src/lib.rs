@@ -302,24 +302,11 @@ impl Bus {
         }
     }
 
-    /// TEMPORARY stub until the NATS side lands.
-    pub async fn interest_feed(&self) -> Result<Option<InterestFeed>, BusError> {
-        Ok(None)
-    }
-
     pub async fn subscribe_broadcast(&self) -> Result<UpdateSubscription, BusError> {
         match self {
             Bus::Memory(b) => b.subscribe_broadcast().await,
             Bus::Nats(b) => b.subscribe_broadcast().await,
         }
-    }
-}
-
-/// TEMPORARY stub.
-pub struct InterestFeed;
-impl InterestFeed {
-    pub async fn next(&mut self) -> Option<Vec<Topic>> {
-        None
     }
 }
 
