@@ -308,6 +308,35 @@ impl Bus {
             Bus::Nats(b) => b.subscribe_broadcast().await,
         }
     }
+
+    /// Topics announced as watched live (NATS). `None` on the memory bus: it
+    /// delivers every update live at no cost, so every topic counts as
+    /// watched there.
+    ///
+    /// Over NATS, every holder of update subscriptions is asked to announce
+    /// at once, so a starting aggregator learns what is watched well within
+    /// [`kpi_core::interest::REFRESH`].
+    pub async fn interest_feed(&self) -> Result<Option<InterestFeed>, BusError> {
+        match self {
+            Bus::Memory(_) => Ok(None),
+            Bus::Nats(b) => Ok(Some(InterestFeed {
+                inner: b.interest_feed().await?,
+            })),
+        }
+    }
+}
+
+/// Announcements of watched topics (see [`kpi_core::interest`]).
+pub struct InterestFeed {
+    inner: nats::NatsInterestFeed,
+}
+
+impl InterestFeed {
+    /// The next announcement's topics; waits for one. `None` when the bus is
+    /// gone. An announcement that does not decode is logged and skipped.
+    pub async fn next(&mut self) -> Option<Vec<Topic>> {
+        self.inner.next().await
+    }
 }
 
 /// A partition's events in log order.

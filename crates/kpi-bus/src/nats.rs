@@ -18,7 +18,10 @@ use kpi_core::subject::{
 };
 use kpi_core::{partition_of, EventRecord, KpiCode, Topic};
 
+mod interest;
 mod read;
+
+pub use interest::NatsInterestFeed;
 
 use read::{last, last_of, recent, CLIENT_READ, RECENT_READ, SERVICE_READ};
 
@@ -75,6 +78,9 @@ pub struct NatsBus {
     history: stream::Stream,
     checkpoints: stream::Stream,
     named: stream::Stream,
+    /// Shared by clones: the held subscriptions and the task announcing them
+    /// live as long as the last clone.
+    interest: std::sync::Arc<interest::Interest>,
 }
 
 impl NatsBus {
@@ -178,6 +184,7 @@ impl NatsBus {
             history,
             checkpoints,
             named,
+            interest: std::sync::Arc::new(interest::Interest::new()),
         })
     }
 
@@ -632,9 +639,18 @@ impl NatsBus {
             .subscribe(topic.updates_subject())
             .await
             .map_err(BusError::unavailable)?;
+        let held = self.interest.hold(&self.client, topic).await;
         Ok(UpdateSubscription {
-            inner: SubInner::Nats(NatsSubscription { sub }),
+            inner: SubInner::Nats(NatsSubscription {
+                sub,
+                _held: Some(held),
+            }),
         })
+    }
+
+    /// Announcements of watched topics; asks every holder to announce now.
+    pub(crate) async fn interest_feed(&self) -> Result<NatsInterestFeed, BusError> {
+        interest::feed(&self.client).await
     }
 
     pub(crate) async fn last_update(&self, topic: &Topic) -> Result<Option<Bytes>, BusError> {
@@ -757,7 +773,7 @@ impl NatsBus {
             .await
             .map_err(BusError::unavailable)?;
         Ok(UpdateSubscription {
-            inner: SubInner::Nats(NatsSubscription { sub }),
+            inner: SubInner::Nats(NatsSubscription { sub, _held: None }),
         })
     }
 }
@@ -1010,6 +1026,9 @@ async fn stalled(events: &stream::Stream, filter: &str, next_seq: u64) -> bool {
 
 pub struct NatsSubscription {
     sub: async_nats::Subscriber,
+    /// Counts an update subscription among the bus's announced topics while
+    /// it lives; broadcasts hold none.
+    _held: Option<interest::HeldTopic>,
 }
 
 impl NatsSubscription {

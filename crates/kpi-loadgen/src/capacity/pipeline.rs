@@ -1,7 +1,8 @@
 //! kpistream's pipeline under load: nats-server, kpi-ingest and kpi-aggregator process(es), fed through gRPC `Publish`.
 //!
 //! Lag is event -> render: the loadgen subscribes on NATS to the minute
-//! updates of a sample of the KPIs, as a gateway would, and takes each
+//! updates of a sample of the KPIs and announces them on `kpi.interest`, as
+//! a gateway would (the aggregator renders live only watched topics), and takes each
 //! update's `event_time` (the newest event it covers, stamped by the
 //! loadgen when it built the event) against the moment it arrives.
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
-use kpi_core::{KpiCode, Period, Topic};
+use kpi_core::{interest, KpiCode, Period, Topic};
 use kpi_proto::v1::ingest_client::IngestClient;
 use kpi_proto::v1::PublishRequest;
 use serde::Deserialize;
@@ -122,7 +123,9 @@ impl Pipeline {
     }
 }
 
-/// Subscribes to the minute updates of every `len / watch`-th KPI.
+/// Subscribes to the minute updates of every `len / watch`-th KPI and
+/// announces them as a gateway's bus does: at once, every `REFRESH`, and
+/// whenever an aggregator asks.
 async fn watch(
     nats_url: &str,
     codes: &[KpiCode],
@@ -134,20 +137,46 @@ async fn watch(
         .await
         .with_context(|| format!("connecting to {nats_url}"))?;
     let every = codes.len().div_ceil(watch.max(1)).max(1);
+    let topics: Vec<Topic> = codes
+        .iter()
+        .step_by(every)
+        .map(|code| Topic::new(code.clone(), Period::Minute))
+        .collect();
     let mut subs = Vec::new();
-    for code in codes.iter().step_by(every) {
-        let subject = Topic::new(code.clone(), Period::Minute).updates_subject();
-        subs.push(nats.subscribe(subject).await?);
+    for t in &topics {
+        subs.push(nats.subscribe(t.updates_subject()).await?);
     }
     let mut all = futures::stream::select_all(subs);
+    let mut queries = nats.subscribe(interest::INTEREST_QUERY_SUBJECT).await?;
+    let announcements: Vec<bytes::Bytes> = interest::encode(&topics)
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    // Sent after the SUBs on the same connection, so what it starts reaches them.
+    announce(&nats, &announcements).await?;
+    let mut refresh = tokio::time::interval_at(
+        tokio::time::Instant::now() + interest::REFRESH,
+        interest::REFRESH,
+    );
     Ok(tokio::spawn(async move {
-        // Held so the subscriptions live as long as the task.
-        let _nats = nats;
         // Per subject, the newest seq seen: a trailing store repeats the
         // newest update up to a store interval later, and counting its age
         // would charge the pipeline with a lag no client sees.
         let mut newest: std::collections::HashMap<String, u64> = Default::default();
-        while let Some(m) = all.next().await {
+        loop {
+            let m = tokio::select! {
+                m = all.next() => m,
+                // A refresh that fails is repeated at the next one.
+                _ = refresh.tick() => {
+                    let _ = announce(&nats, &announcements).await;
+                    continue;
+                }
+                Some(_) = queries.next() => {
+                    let _ = announce(&nats, &announcements).await;
+                    continue;
+                }
+            };
+            let Some(m) = m else { break };
             let Ok(stamp) = serde_json::from_slice::<Stamp>(&m.payload) else {
                 continue;
             };
@@ -164,6 +193,15 @@ async fn watch(
             }
         }
     }))
+}
+
+async fn announce(nats: &async_nats::Client, announcements: &[bytes::Bytes]) -> anyhow::Result<()> {
+    for a in announcements {
+        nats.publish(interest::INTEREST_SUBJECT, a.clone())
+            .await
+            .context("announcing the watched topics")?;
+    }
+    Ok(())
 }
 
 impl Load for Pipeline {
