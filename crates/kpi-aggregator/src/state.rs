@@ -379,7 +379,7 @@ impl PartitionState {
             left: store.budget(),
             owed: Vec::new(),
         };
-        let keys: Vec<String> = if everything {
+        let mut keys: Vec<String> = if everything {
             trailing.clear();
             topics.keys().cloned().collect()
         } else {
@@ -388,9 +388,11 @@ impl PartitionState {
             keys
         };
         // Unwatched topics due a render that has to wait (for the store
-        // interval, or for the budget): they come back through `trailing`.
-        let mut held: Vec<&str> = Vec::new();
-        for k in &keys {
+        // interval, or for the budget), by index in `keys`: they stay
+        // pending, so the next render looks at them again. (Cheaper than
+        // queueing them by deadline: most are due again within a few renders.)
+        let mut held: Vec<usize> = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
             if let Some(ts) = topics.get_mut(k) {
                 if watched.watched(k) {
                     ts.publish(now, policy, store, &mut out, &mut spend, k);
@@ -402,7 +404,7 @@ impl PartitionState {
                             Owed::Render,
                         ));
                     }
-                    held.push(k);
+                    held.push(i);
                 } else if store.trailing_due(&ts.store, now_ms) {
                     spend.owed.push((
                         StorePolicy::owed_since(&ts.store),
@@ -419,7 +421,8 @@ impl PartitionState {
             .owed
             .sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         let mut owed = std::mem::take(&mut spend.owed).into_iter().peekable();
-        let rendered: HashSet<&str> = keys.iter().map(String::as_str).collect();
+        // Built only if a trailing store comes due: most renders have none.
+        let mut rendered: Option<HashSet<&str>> = None;
         while spend.left > 0 {
             let next_trailing = trailing
                 .first()
@@ -436,6 +439,8 @@ impl PartitionState {
                     break;
                 };
                 // This render's topics are among `owed` already.
+                let rendered =
+                    rendered.get_or_insert_with(|| keys.iter().map(String::as_str).collect());
                 if rendered.contains(k.as_str()) {
                     continue;
                 }
@@ -448,7 +453,7 @@ impl PartitionState {
                         ts.store_newest(now, &mut out);
                         spend.left -= 1;
                     } else if ts.is_due_render(now, policy) {
-                        trailing.insert((store.deadline(&ts.store), k));
+                        pending.insert(k);
                     }
                 }
             } else if let Some((_, k, what)) = owed.next() {
@@ -466,15 +471,21 @@ impl PartitionState {
                 }
             }
         }
-        let held: HashSet<&str> = held.into_iter().collect();
+        drop(rendered);
         for k in &keys {
             if let Some(ts) = topics.get(k) {
-                // Unstored, or an unwatched render still held back.
-                if ts.store.unstored > 0
-                    || held.contains(k.as_str()) && ts.is_due_render(now, policy)
-                {
+                if ts.store.unstored > 0 {
                     trailing.insert((store.deadline(&ts.store), k.clone()));
                 }
+            }
+        }
+        for i in held {
+            let k = std::mem::take(&mut keys[i]);
+            if topics
+                .get(&k)
+                .is_some_and(|ts| ts.is_due_render(now, policy))
+            {
+                pending.insert(k);
             }
         }
         out

@@ -5,8 +5,8 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use chrono::Utc;
+use futures::StreamExt;
 use kpi_bus::{Bus, BusError, EventFeed, Outbound, PartialPublish, StoredEvent};
 use kpi_core::{Topic, UpdateMessage};
 use kpi_service::Shutdown;
@@ -426,12 +426,18 @@ impl Worker {
         for key in self.interest.take_fresh(self.partition) {
             self.state.watch_started(&key);
         }
-        let unsynced: Vec<Topic> = self
-            .state
-            .due(now, &self.settings.thresholds)
-            .into_iter()
-            .filter(|t| !self.seq_synced.contains(t))
-            .collect();
+        // Synced topics are a subset of the state's (both forget a topic
+        // only when it is evicted), so equal counts mean none is left and
+        // the list of due topics need not be made at every render.
+        let unsynced: Vec<Topic> = if self.seq_synced.len() < self.state.topic_count() {
+            self.state
+                .due(now, &self.settings.thresholds)
+                .into_iter()
+                .filter(|t| !self.seq_synced.contains(t))
+                .collect()
+        } else {
+            Vec::new()
+        };
         // Concurrently: after a restart every topic is read once, and one
         // round trip after another for 30,000 topics held the first render
         // back for seconds.
