@@ -1,6 +1,6 @@
 //! A partition's aggregates and the messages they produce; pure data, no I/O, so it can be tested exhaustively.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use kpi_core::message::BucketView;
@@ -28,18 +28,21 @@ pub struct PartitionState {
     /// Greatest ingest receive time seen, in Unix seconds: the clock that
     /// pruning follows, so replay after a crash prunes exactly as the first run did.
     pub watermark: i64,
-    /// Keyed by "code/period" (JSON object keys must be strings).
-    topics: BTreeMap<String, TopicState>,
-    /// Keys of topics an event changed since the last render. Whether a
-    /// topic is due changes only when an event changes it or a bucket
-    /// boundary passes, so between boundaries a render looks at these alone
-    /// instead of every topic: with coalescing off the worker renders after
-    /// every batch of events, and scanning thousands of topics each time
-    /// would be most of its work. Not saved: a loaded state scans everything
-    /// on its first render. A hash set: it is probed for every event, and
-    /// a render sorts its keys once, so its output keeps key order.
+    /// Keyed by "code/period" (JSON object keys must be strings). A hash
+    /// map: three searches per event (one per period) in a B-tree of
+    /// 30,000 names were a sixth of the aggregator; renders that go
+    /// through every topic sort the keys, so output keeps key order.
+    topics: Topics,
+    /// Keys of topics an event changed since the last render (each once:
+    /// its `Marks::pending` says it is listed). Whether a topic is due
+    /// changes only when an event changes it or a bucket boundary passes,
+    /// so between boundaries a render looks at these alone instead of every
+    /// topic: with coalescing off the worker renders after every batch of
+    /// events, and scanning thousands of topics each time would be most of
+    /// its work. Not saved: a loaded state scans everything on its first
+    /// render. A render sorts them, so its output keeps key order.
     #[serde(skip)]
-    pending: HashSet<String>,
+    pending: Vec<String>,
     /// Each period's bucket at the last render. When any of them moves, a
     /// bucket may have closed anywhere and the render looks at every topic.
     #[serde(skip)]
@@ -50,17 +53,33 @@ pub struct PartitionState {
     /// saved: rebuilt by the full scan of a loaded state's first render.
     #[serde(skip)]
     trailing: BTreeSet<(i64, String)>,
-    /// Keys of unwatched topics whose render waits in `trailing` for its
-    /// store to be due: events on them do not make them pending, so a
-    /// render looks at each once when its store is due rather than at
-    /// every render in between (with 30,000 topics changing every 100 ms,
-    /// those visits were most of the aggregator's work). Not saved.
-    #[serde(skip)]
-    queued: HashSet<String>,
     /// Which renders are stored as well as published live. Configuration,
     /// not state: set by the worker after loading; every render by default.
     #[serde(skip)]
     store: StorePolicy,
+}
+
+/// Topics by key; foldhash, as the keys are short and looked up per event.
+type Topics = HashMap<String, TopicState, foldhash::fast::RandomState>;
+
+/// A topic's place in the render index, kept with the topic so an event
+/// costs one search of `topics`, not three. Not saved, and no part of the
+/// state's equality: a loaded state rebuilds it in its first full render.
+#[derive(Debug, Clone, Copy, Default)]
+struct Marks {
+    /// Listed in `PartitionState::pending`.
+    pending: bool,
+    /// Unwatched, its render waiting in `trailing` until its store is due:
+    /// events on it do not make it pending, so a render looks at it once
+    /// then rather than at every render in between (with 30,000 topics
+    /// changing every 100 ms, those visits were most of the aggregator's work).
+    queued: bool,
+}
+
+impl PartialEq for Marks {
+    fn eq(&self, _: &Marks) -> bool {
+        true
+    }
 }
 
 /// The checkpointed state; the render index is derived and left out.
@@ -95,6 +114,8 @@ struct TopicState {
     /// bucket at render time are published as corrections (and to history),
     /// so every bucket that ever held data is visible to clients.
     changed: BTreeSet<i64>,
+    #[serde(skip)]
+    marks: Marks,
     /// The current bucket's stats as last rendered, for threshold policies.
     #[serde(default)]
     rendered: Stats,
@@ -220,16 +241,19 @@ impl PartitionState {
             }
             k.clear();
             push_key(&mut k, &ev.kpi, period);
-            if !self.pending.contains(k.as_str()) && !self.queued.contains(k.as_str()) {
-                self.pending.insert(k.clone());
-            }
             // One search of `topics` for a topic it holds (the common
             // case), two for a new one: the search is most of `apply`.
             if let Some(ts) = self.topics.get_mut(k.as_str()) {
                 ts.add(start, ev);
+                if !ts.marks.pending && !ts.marks.queued {
+                    ts.marks.pending = true;
+                    self.pending.push(k.clone());
+                }
             } else {
                 let mut ts = TopicState::new(ev.kpi.clone(), period);
                 ts.add(start, ev);
+                ts.marks.pending = true;
+                self.pending.push(k.clone());
                 self.topics.insert(k.clone(), ts);
             }
             out.applied += 1;
@@ -353,9 +377,13 @@ impl PartitionState {
     /// A topic someone started to watch is looked at by the next render:
     /// its newest value may not have been rendered while it was unwatched.
     pub fn watch_started(&mut self, key: &str) {
-        self.queued.remove(key);
-        if self.topics.contains_key(key) && !self.pending.contains(key) {
-            self.pending.insert(key.to_string());
+        if let Some(ts) = self.topics.get_mut(key) {
+            // Its entry in `trailing` is skipped when it comes due.
+            ts.marks.queued = false;
+            if !ts.marks.pending {
+                ts.marks.pending = true;
+                self.pending.push(key.to_string());
+            }
         }
     }
 
@@ -380,7 +408,6 @@ impl PartitionState {
             topics,
             pending,
             trailing,
-            queued,
             store,
             ..
         } = self;
@@ -390,19 +417,22 @@ impl PartitionState {
         };
         let mut keys: Vec<String> = if everything {
             trailing.clear();
-            queued.clear();
+            pending.clear();
+            for ts in topics.values_mut() {
+                ts.marks = Marks::default();
+            }
             topics.keys().cloned().collect()
         } else {
-            let mut keys: Vec<String> = pending.drain().collect();
-            keys.sort_unstable();
-            keys
+            std::mem::take(pending)
         };
+        keys.sort_unstable();
         // Unwatched topics due a render that has to wait (for the store
         // interval, or for the budget), by index in `keys`: they are
         // queued in `trailing` for when their store is due.
         let mut held: Vec<usize> = Vec::new();
         for (i, k) in keys.iter().enumerate() {
             if let Some(ts) = topics.get_mut(k) {
+                ts.marks.pending = false;
                 if watched.watched(k) {
                     ts.publish(now, policy, store, &mut out, &mut spend, k);
                 } else if ts.is_due_render(now, policy) {
@@ -423,7 +453,6 @@ impl PartitionState {
                 }
             }
         }
-        pending.clear();
         // Oldest owed first, among this render's topics and the trailing
         // index (whose deadlines are ordered as the owed-since times).
         spend
@@ -453,8 +482,8 @@ impl PartitionState {
                 if rendered.contains(k.as_str()) {
                     continue;
                 }
-                let was_queued = queued.remove(k.as_str());
                 if let Some(ts) = topics.get_mut(&k) {
+                    let was_queued = std::mem::take(&mut ts.marks.queued);
                     // A render held back while its topic was unwatched
                     // (stored whether or not it is watched by now).
                     if ts.is_due_render(now, policy) && store.stores(&ts.store, now_ms, false) {
@@ -466,10 +495,11 @@ impl PartitionState {
                         // Its store is due later than queued for (it was
                         // stored meanwhile): wait again, or render as usual.
                         if was_queued {
-                            queued.insert(k.clone());
+                            ts.marks.queued = true;
                             trailing.insert((store.deadline(&ts.store), k));
-                        } else {
-                            pending.insert(k);
+                        } else if !ts.marks.pending {
+                            ts.marks.pending = true;
+                            pending.push(k);
                         }
                     }
                 }
@@ -498,9 +528,9 @@ impl PartitionState {
         }
         for i in held {
             let k = std::mem::take(&mut keys[i]);
-            if let Some(ts) = topics.get(&k) {
-                if ts.is_due_render(now, policy) && !queued.contains(k.as_str()) {
-                    queued.insert(k.clone());
+            if let Some(ts) = topics.get_mut(&k) {
+                if ts.is_due_render(now, policy) && !ts.marks.queued {
+                    ts.marks.queued = true;
                     trailing.insert((store.deadline(&ts.store), k));
                 }
             }
@@ -539,7 +569,7 @@ impl PartitionState {
         let idle = i64::try_from(idle.as_secs()).unwrap_or(i64::MAX);
         let watermark = self.watermark;
         let mut gone = Vec::new();
-        self.topics.retain(|k, ts| {
+        self.topics.retain(|_, ts| {
             let horizon = watermark - final_age(ts.period, lateness);
             // A topic whose newest render is not stored stays for its
             // trailing store: once evicted, its seq is read from the bus.
@@ -547,7 +577,8 @@ impl PartitionState {
                 && !ts.dirty
                 && ts.changed.is_empty()
                 && ts.store.unstored == 0
-                && !self.pending.contains(k)
+                && !ts.marks.pending
+                && !ts.marks.queued
                 && ts.buckets.keys().next_back().is_none_or(|b| *b < horizon)
                 && !ts.is_due(now, policy, &self.store);
             if evict {
@@ -640,6 +671,7 @@ impl TopicState {
             dirty: false,
             changed: BTreeSet::new(),
             rendered: Stats::default(),
+            marks: Marks::default(),
             store: StoreMark::default(),
             rendered_at: None,
             rendered_event_time: None,
