@@ -193,6 +193,9 @@ pub struct AggregatorArgs {
     /// corrections (JetStream stores a few tens of thousands a second; 0 = no limit).
     #[arg(long, env = "KPI_MAX_STORES_PER_SEC", default_value_t = 5000)]
     pub max_stores_per_sec: u32,
+    /// Checkpoint at most this often, in milliseconds; longer while
+    /// checkpoints are costly (at least 50 times the last one's time, at
+    /// most 30 s apart).
     #[arg(long, env = "KPI_CHECKPOINT_MS", default_value_t = 1000)]
     pub checkpoint_ms: u64,
     #[arg(long, env = "KPI_LATENESS_MINUTE_SECS", default_value_t = 120)]

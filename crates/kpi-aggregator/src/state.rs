@@ -656,7 +656,10 @@ impl TopicState {
         self.last_event_time = Some(ev.time);
         self.last_received = self.last_received.max(ev.received_at.timestamp());
         self.dirty = true;
-        self.changed.insert(start);
+        // Nearly every event is for the newest changed bucket: no search.
+        if self.changed.last() != Some(&start) {
+            self.changed.insert(start);
+        }
     }
 
     fn new(code: kpi_core::KpiCode, period: Period) -> Self {

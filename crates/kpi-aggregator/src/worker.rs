@@ -26,7 +26,7 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// Evicted topics remembered for an exact seq when they return.
 const EVICTED_REMEMBERED: usize = 100_000;
 /// A checkpoint waits at least this many times what the last one took.
-const CHECKPOINT_COST_SHARE: u32 = 20;
+const CHECKPOINT_COST_SHARE: u32 = 50;
 /// The longest wait between checkpoints, however costly they are.
 const MAX_CHECKPOINT_GAP: Duration = Duration::from_secs(30);
 /// Reads of topics' last stored seqs in flight at once.

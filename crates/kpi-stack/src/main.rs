@@ -255,4 +255,14 @@ mod tests {
         assert_eq!(parse(&["--max-stores-per-sec", "0"]), (0, usize::MAX));
         assert!(Cli::try_parse_from(["kpi-stack", "--max-stores-per-sec", "-1"]).is_err());
     }
+
+    #[test]
+    fn live_all_reaches_the_aggregator() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["kpi-stack"], args].concat()).expect("parse");
+            cli.settings().expect("valid").aggregator.live_all
+        };
+        assert!(!parse(&[]), "watched topics only by default");
+        assert!(parse(&["--live-all"]));
+    }
 }
