@@ -1107,6 +1107,19 @@ mod tests {
         assert!(ups.iter().all(|m| !m.correction), "{ups:?}");
     }
 
+    /// Codes `k0`, `k1`, ... and an empty state that stores each topic at
+    /// least once a second, at most `budget` stores per render.
+    fn many_kpis(n: usize, budget: usize) -> (Vec<KpiCode>, PartitionState) {
+        let codes = (0..n)
+            .map(|i| KpiCode::parse(&format!("k{i}")).expect("code"))
+            .collect();
+        let mut state = PartitionState::default();
+        state.set_store_policy(
+            StorePolicy::new(std::time::Duration::from_secs(1)).with_budget(budget),
+        );
+        (codes, state)
+    }
+
     /// 30,000 topics rendering every 100 ms with a budget of 500 stores per
     /// render: no render stores more than that beyond the forced stores
     /// (the `STORE_EVERY` bound), no live seq runs more than `STORE_EVERY`
@@ -1116,14 +1129,9 @@ mod tests {
     fn the_store_budget_bounds_stores_per_render_and_stores_everything_eventually() {
         const KPIS: usize = 10_000;
         const BUDGET: usize = 500;
-        let store = StorePolicy::new(std::time::Duration::from_secs(1)).with_budget(BUDGET);
+        let (codes, mut state) = many_kpis(KPIS, BUDGET);
         let policy = ThresholdPolicy::default();
         let lateness = Lateness::default();
-        let codes: Vec<KpiCode> = (0..KPIS)
-            .map(|i| KpiCode::parse(&format!("k{i}")).expect("code"))
-            .collect();
-        let mut state = PartitionState::default();
-        state.set_store_policy(store);
         // Per topic: (last stored seq, newest seq published).
         let mut seen: HashMap<Topic, (u64, u64)> = HashMap::new();
         let mut log_seq = 0;
@@ -1237,15 +1245,10 @@ mod tests {
     fn unwatched_topics_render_only_when_stored() {
         const KPIS: usize = 500;
         const BUDGET: usize = 50;
-        let store = StorePolicy::new(std::time::Duration::from_secs(1)).with_budget(BUDGET);
+        let (codes, mut state) = many_kpis(KPIS, BUDGET);
         let policy = ThresholdPolicy::default();
         let lateness = Lateness::default();
-        let codes: Vec<KpiCode> = (0..KPIS)
-            .map(|i| KpiCode::parse(&format!("k{i}")).expect("code"))
-            .collect();
         let mut watched = One("k0/minute".into());
-        let mut state = PartitionState::default();
-        state.set_store_policy(store);
         let mut log_seq = 0;
         // Per unwatched topic: when it was last rendered (ms).
         let mut last_render: HashMap<Topic, i64> = HashMap::new();
