@@ -165,6 +165,14 @@ impl Interest {
         }
     }
 
+    /// Topics remembered as watched (expired ones until the next sweep).
+    pub fn watched_count(&self) -> usize {
+        match &self.table {
+            Some(table) => table.read().map(|t| t.until.len()).unwrap_or(0),
+            None => 0,
+        }
+    }
+
     /// Keys of `partition`'s topics that became watched since the last call.
     pub fn take_fresh(&self, partition: u32) -> Vec<String> {
         let Some(table) = &self.table else {
@@ -265,6 +273,40 @@ mod tests {
             1,
             "watched again after it lapsed"
         );
+    }
+
+    /// A holder (or anything on the bus) announcing a million and more
+    /// distinct valid topics: the table stops at its bound, the topics it
+    /// took stay watched, the newly-watched list for the worker stays
+    /// bounded, and once announcements stop everything is forgotten.
+    #[test]
+    fn a_flood_of_distinct_topics_is_bounded_and_forgotten() {
+        let interest = Interest::tracking(&settings(1, 0, 1));
+        let t0 = Instant::now();
+        let total = MAX_WATCHED + 1000;
+        let mut chunk = Vec::with_capacity(10_000);
+        for i in 0..total {
+            chunk.push(topic(&format!("flood{i}"), Period::Minute));
+            if chunk.len() == 10_000 || i + 1 == total {
+                interest.record(&chunk, t0);
+                chunk.clear();
+            }
+        }
+        assert_eq!(interest.watched_count(), MAX_WATCHED);
+        let watched = |key: &str| interest.with(t0, |w| w.watched(key));
+        assert!(watched("flood0/minute"));
+        assert!(watched(&format!("flood{}/minute", MAX_WATCHED - 1)));
+        assert!(
+            !watched(&format!("flood{}/minute", MAX_WATCHED)),
+            "past the bound"
+        );
+        assert_eq!(interest.take_fresh(0).len(), MAX_FRESH);
+        assert!(interest.take_fresh(0).is_empty());
+        interest.expire(t0 + TTL);
+        assert_eq!(interest.watched_count(), 0);
+        // Room again for a topic announced now.
+        interest.record(&[topic("late", Period::Day)], t0 + TTL);
+        assert!(interest.with(t0 + TTL, |w| w.watched("late/day")));
     }
 
     #[test]
