@@ -1120,6 +1120,23 @@ mod tests {
         (codes, state)
     }
 
+    /// An event of value 1 on every KPI of `codes`, timed and received at `now`.
+    fn one_event_each(
+        state: &mut PartitionState,
+        codes: &[KpiCode],
+        log_seq: &mut u64,
+        now: DateTime<Utc>,
+    ) {
+        for code in codes {
+            *log_seq += 1;
+            let e = EventRecord {
+                kpi: code.clone(),
+                ..ev(&format!("e{log_seq}"), 1.0, now, now)
+            };
+            state.apply(*log_seq, &e, &Lateness::default());
+        }
+    }
+
     /// 30,000 topics rendering every 100 ms with a budget of 500 stores per
     /// render: no render stores more than that beyond the forced stores
     /// (the `STORE_EVERY` bound), no live seq runs more than `STORE_EVERY`
@@ -1131,7 +1148,6 @@ mod tests {
         const BUDGET: usize = 500;
         let (codes, mut state) = many_kpis(KPIS, BUDGET);
         let policy = ThresholdPolicy::default();
-        let lateness = Lateness::default();
         // Per topic: (last stored seq, newest seq published).
         let mut seen: HashMap<Topic, (u64, u64)> = HashMap::new();
         let mut log_seq = 0;
@@ -1165,14 +1181,7 @@ mod tests {
         // 4 s of an event on every KPI every 100 ms, within one minute.
         let mut now = t(1);
         for _ in 0..40 {
-            for code in &codes {
-                log_seq += 1;
-                let e = EventRecord {
-                    kpi: code.clone(),
-                    ..ev(&format!("e{log_seq}"), 1.0, now, now)
-                };
-                state.apply(log_seq, &e, &lateness);
-            }
+            one_event_each(&mut state, &codes, &mut log_seq, now);
             check(state.render(now, &policy), &mut seen);
             now += Duration::milliseconds(100);
         }
@@ -1247,7 +1256,6 @@ mod tests {
         const BUDGET: usize = 50;
         let (codes, mut state) = many_kpis(KPIS, BUDGET);
         let policy = ThresholdPolicy::default();
-        let lateness = Lateness::default();
         let mut watched = One("k0/minute".into());
         let mut log_seq = 0;
         // Per unwatched topic: when it was last rendered (ms).
@@ -1257,14 +1265,7 @@ mod tests {
         // 70 s of an event on every KPI every 100 ms, across a minute boundary.
         let mut now = t(0) + Duration::seconds(30);
         for _ in 0..700 {
-            for code in &codes {
-                log_seq += 1;
-                let e = EventRecord {
-                    kpi: code.clone(),
-                    ..ev(&format!("e{log_seq}"), 1.0, now, now)
-                };
-                state.apply(log_seq, &e, &lateness);
-            }
+            one_event_each(&mut state, &codes, &mut log_seq, now);
             let out = state.render_watched(now, &policy, &watched);
             let mut stores = 0;
             for o in &out {

@@ -57,6 +57,32 @@ async fn next_topics(feed: &mut InterestFeed, within: Duration) -> BTreeSet<Topi
         .collect()
 }
 
+/// Asks every holder to announce now, as an aggregator does when it starts.
+async fn ask(raw: &async_nats::Client) {
+    raw.publish(INTEREST_QUERY_SUBJECT, Bytes::new())
+        .await
+        .expect("query");
+}
+
+/// An observer, and a bus holding one subscription to `signups/day`,
+/// whose announcement on subscribing the observer has seen.
+async fn holding_one(
+    server: &NatsServer,
+) -> (
+    async_nats::Client,
+    async_nats::Subscriber,
+    Bus,
+    Topic,
+    kpi_bus::UpdateSubscription,
+) {
+    let (raw, mut seen) = observer(server).await;
+    let holder = bus(server).await;
+    let t = topic("signups", Period::Day);
+    let sub = holder.subscribe_updates(&t).await.expect("subscribe");
+    assert_eq!(announcement(&mut seen, AT_ONCE).await, set(&[&t]));
+    (raw, seen, holder, t, sub)
+}
+
 #[tokio::test]
 async fn holders_announce_on_subscribing_when_asked_and_on_every_refresh() {
     let server = NatsServer::start();
@@ -105,15 +131,9 @@ async fn holders_announce_on_subscribing_when_asked_and_on_every_refresh() {
 #[tokio::test]
 async fn nothing_held_nothing_announced_even_when_asked() {
     let server = NatsServer::start();
-    let (raw, mut seen) = observer(&server).await;
-    let holder = bus(&server).await;
-    let t = topic("signups", Period::Day);
-    let sub = holder.subscribe_updates(&t).await.expect("subscribe");
-    assert_eq!(announcement(&mut seen, AT_ONCE).await, set(&[&t]));
+    let (raw, mut seen, _holder, _t, sub) = holding_one(&server).await;
     drop(sub);
-    raw.publish(INTEREST_QUERY_SUBJECT, Bytes::new())
-        .await
-        .expect("query");
+    ask(&raw).await;
     if let Ok(m) = tokio::time::timeout(REFRESH + AT_ONCE, seen.next()).await {
         panic!("announced with nothing held: {m:?}");
     }
@@ -122,22 +142,14 @@ async fn nothing_held_nothing_announced_even_when_asked() {
 #[tokio::test]
 async fn a_dropped_bus_stops_announcing() {
     let server = NatsServer::start();
-    let (raw, mut seen) = observer(&server).await;
-    let holder = bus(&server).await;
-    let t = topic("signups", Period::Day);
-    let _sub = holder.subscribe_updates(&t).await.expect("subscribe");
-    assert_eq!(announcement(&mut seen, AT_ONCE).await, set(&[&t]));
-    raw.publish(INTEREST_QUERY_SUBJECT, Bytes::new())
-        .await
-        .expect("query");
+    let (raw, mut seen, holder, t, _sub) = holding_one(&server).await;
+    ask(&raw).await;
     assert_eq!(announcement(&mut seen, AT_ONCE).await, set(&[&t]));
 
     drop(holder);
     // Let the abort land before asking again.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    raw.publish(INTEREST_QUERY_SUBJECT, Bytes::new())
-        .await
-        .expect("query");
+    ask(&raw).await;
     if let Ok(m) = tokio::time::timeout(QUIET, seen.next()).await {
         panic!("a dropped bus still answered a query: {m:?}");
     }

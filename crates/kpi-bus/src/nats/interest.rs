@@ -15,6 +15,7 @@ use futures::{FutureExt, StreamExt};
 use kpi_core::interest::{decode, encode, INTEREST_QUERY_SUBJECT, INTEREST_SUBJECT, REFRESH};
 use kpi_core::Topic;
 use parking_lot::Mutex;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::BusError;
 
@@ -27,7 +28,7 @@ pub(crate) struct Interest {
     held: Arc<Held>,
     /// Started with the first held subscription, so processes that never
     /// hold one (ingest, the aggregator) are never asked to announce.
-    announcer: tokio::sync::OnceCell<AbortOnDrop>,
+    announcer: tokio::sync::OnceCell<AbortOnDropHandle<()>>,
 }
 
 impl Interest {
@@ -56,7 +57,7 @@ impl Interest {
             .get_or_try_init(|| async {
                 let queries = client.subscribe(INTEREST_QUERY_SUBJECT).await?;
                 let task = tokio::spawn(announce_held(client.clone(), self.held.clone(), queries));
-                Ok::<_, async_nats::SubscribeError>(AbortOnDrop(task.abort_handle()))
+                Ok::<_, async_nats::SubscribeError>(AbortOnDropHandle::new(task))
             })
             .await;
         if let Err(e) = started {
@@ -102,15 +103,6 @@ impl Drop for HeldTopic {
                 counts.remove(&self.topic);
             }
         }
-    }
-}
-
-/// Stops the announcing task when the bus that owns it is dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
